@@ -1,0 +1,95 @@
+"""`flask wattfare …`: manage apps and their origins from the command line."""
+
+from __future__ import annotations
+
+import click
+from flask import Flask, current_app
+from sqlalchemy import select
+
+from ..extensions import db
+from . import grants
+from .apps import add_origin, create_app_record, normalise_origin, remove_origin
+from .models import App
+
+group = click.Group("wattfare", help="Manage the embedded Wattfare engine's apps.")
+
+
+def _origin(value: str) -> str:
+    origin = normalise_origin(value)
+    if origin is None:
+        raise click.BadParameter(f"{value!r} is not an origin like https://example.com")
+    return origin
+
+
+def _app(app_id: str) -> App:
+    app = db.session.get(App, app_id)
+    if app is None:
+        raise click.ClickException(f"No app {app_id!r}; `flask wattfare list-apps` lists them.")
+    return app
+
+
+@group.command("create-app")
+@click.option("--name", required=True, help="Shown to visitors in the consent popup.")
+@click.option("--mode", type=click.Choice(["test", "live"]), default="test", show_default=True)
+@click.option("--origin", "origins", multiple=True, help="An allowed origin (repeatable).")
+@click.option("--auto-approve", is_flag=True, help="Test keys only: the popup approves itself.")
+def create_app_command(name: str, mode: str, origins: tuple[str, ...], auto_approve: bool) -> None:
+    """Create an app and print its keys (the secret key is shown only this once)."""
+    if auto_approve and mode != "test":
+        raise click.BadParameter(
+            "--auto-approve is for test apps only", param_hint="--auto-approve"
+        )
+    created = create_app_record(
+        name,
+        mode,
+        [_origin(o) for o in origins],
+        current_app.config["SECRET_KEY"],
+        auto_approve=auto_approve,
+    )
+    click.echo(f"Created app {created.app.id} ({mode}).")
+    click.echo(f"WATTFARE_PUBLISHABLE_KEY={created.app.publishable_key}")
+    click.echo(f"WATTFARE_SECRET_KEY={created.secret_key}")
+    click.echo("Keep the secret key now: only its hash is stored.")
+
+
+@group.command("list-apps")
+def list_apps_command() -> None:
+    """List apps with their publishable keys and allowed origins."""
+    apps = db.session.scalars(select(App).order_by(App.created_at)).all()
+    if not apps:
+        click.echo("No apps yet: `flask wattfare create-app --name …`.")
+    for app in apps:
+        auto = ", auto-approve" if app.auto_approve else ""
+        click.echo(f"{app.id}  {app.name!r}  {app.publishable_key}{auto}")
+        for origin in app.origin_list:
+            click.echo(f"    {origin}")
+
+
+@group.command("add-origin")
+@click.argument("app_id")
+@click.argument("origin")
+def add_origin_command(app_id: str, origin: str) -> None:
+    """Allow ORIGIN to ask for grants for APP_ID."""
+    origin = _origin(origin)
+    added = add_origin(_app(app_id), origin)
+    click.echo(f"Added {origin}." if added else f"{origin} was already allowed.")
+
+
+@group.command("remove-origin")
+@click.argument("app_id")
+@click.argument("origin")
+def remove_origin_command(app_id: str, origin: str) -> None:
+    """Stop ORIGIN from asking for grants for APP_ID."""
+    origin = _origin(origin)
+    removed = remove_origin(_app(app_id), origin)
+    click.echo(f"Removed {origin}." if removed else f"{origin} was not allowed.")
+
+
+@group.command("sweep")
+def sweep_command() -> None:
+    """Release expired holds of calls that never finished (e.g. after a crash)."""
+    click.echo(f"Released {grants.release_stale()} stale hold(s).")
+
+
+def register(app: Flask) -> None:
+    app.cli.add_command(group)

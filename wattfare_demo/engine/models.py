@@ -1,0 +1,136 @@
+"""The engine's tables: apps and their origins, grants, and the usage ledger.
+
+Money columns hold integer pico-dollars (1 USD = 10**12 pUSD): prices are integer
+micro-dollars per million tokens, so `tokens * price` is an exact pUSD amount with no
+rounding anywhere (see pricing.py). Times are unix seconds from the database clock.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from ..extensions import db
+from .clock import db_now
+
+
+class App(db.Model):
+    """A Wattfare customer app: keys, mode and the origins allowed to ask for grants."""
+
+    __tablename__ = "apps"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(120))
+    mode: Mapped[str] = mapped_column(String(4))  # "test" | "live"
+    # SHA-256 of the secret key, hex: the key itself is never stored.
+    secret_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    # The key that verifies the app's session JWTs, derived from the secret key and
+    # stored encrypted under SECRET_KEY (see keys.py).
+    session_key_box: Mapped[str] = mapped_column(String(200))
+    auto_approve: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[int] = mapped_column(BigInteger, default=db_now())
+
+    origins: Mapped[list[AppOrigin]] = relationship(
+        back_populates="app", cascade="all, delete-orphan", order_by="AppOrigin.origin"
+    )
+
+    __table_args__ = (CheckConstraint("mode IN ('test', 'live')", name="mode"),)
+
+    @property
+    def publishable_key(self) -> str:
+        return f"pk_{self.mode}_{self.id}"
+
+    @property
+    def origin_list(self) -> list[str]:
+        return [o.origin for o in self.origins]
+
+
+class AppOrigin(db.Model):
+    __tablename__ = "app_origins"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    app_id: Mapped[str] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"))
+    origin: Mapped[str] = mapped_column(String(255))
+
+    app: Mapped[App] = relationship(back_populates="origins")
+
+    __table_args__ = (UniqueConstraint("app_id", "origin", name="app_origin"),)
+
+
+class Grant(db.Model):
+    """N approved requests (and an optional dollar cap) for one app.
+
+    `used` counts settled successes; `reserved` and `held_pusd` are calls in flight.
+    The CHECKs restate the accounting rules, so even a bug cannot overspend.
+    """
+
+    __tablename__ = "grants"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    app_id: Mapped[str] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    origin: Mapped[str] = mapped_column(String(255))
+    subject: Mapped[str | None] = mapped_column(String(255))
+    requests: Mapped[int] = mapped_column(Integer)
+    used: Mapped[int] = mapped_column(Integer, default=0)
+    reserved: Mapped[int] = mapped_column(Integer, default=0)
+    max_pusd: Mapped[int | None] = mapped_column(BigInteger)
+    spent_pusd: Mapped[int] = mapped_column(BigInteger, default=0)
+    held_pusd: Mapped[int] = mapped_column(BigInteger, default=0)
+    created_at: Mapped[int] = mapped_column(BigInteger, default=db_now())
+    expires_at: Mapped[int] = mapped_column(BigInteger)
+    revoked_at: Mapped[int | None] = mapped_column(BigInteger)
+
+    __table_args__ = (
+        CheckConstraint(
+            "used >= 0 AND reserved >= 0 AND used + reserved <= requests", name="count"
+        ),
+        CheckConstraint("spent_pusd >= 0 AND held_pusd >= 0", name="money_positive"),
+        CheckConstraint("max_pusd IS NULL OR spent_pusd + held_pusd <= max_pusd", name="cap"),
+    )
+
+
+class Usage(db.Model):
+    """The ledger: one row per call that got past the reservation.
+
+    status: "pending" (hold in place), "ok" (settled), "failed" (released after a
+    provider error), "expired" (a hold nobody settled, released by the sweeper).
+    """
+
+    __tablename__ = "usage"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    grant_id: Mapped[int] = mapped_column(ForeignKey("grants.id", ondelete="CASCADE"))
+    app_id: Mapped[str] = mapped_column(String(32))
+    model: Mapped[str] = mapped_column(String(120))
+    status: Mapped[str] = mapped_column(String(10), default="pending")
+    stream: Mapped[bool] = mapped_column(default=False)
+    prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    hold_pusd: Mapped[int] = mapped_column(BigInteger, default=0)
+    cost_pusd: Mapped[int] = mapped_column(BigInteger, default=0)
+    error: Mapped[str | None] = mapped_column(String(40))
+    started_at: Mapped[int] = mapped_column(BigInteger, default=db_now())
+    hold_expires_at: Mapped[int] = mapped_column(BigInteger)
+    finished_at: Mapped[int | None] = mapped_column(BigInteger)
+    duration_ms: Mapped[int | None] = mapped_column(Integer)
+    # Idempotent retries (Idempotency-Key header): the key, a fingerprint of the
+    # request body, and the stored response to replay for 24 hours.
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    request_fingerprint: Mapped[str | None] = mapped_column(String(64))
+    response_body: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (
+        Index("ix_usage_grant_status", "grant_id", "status"),
+        UniqueConstraint("app_id", "idempotency_key", name="app_idempotency_key"),
+        CheckConstraint("status IN ('pending', 'ok', 'failed', 'expired')", name="status"),
+    )
