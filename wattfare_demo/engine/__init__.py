@@ -1,0 +1,69 @@
+"""The embedded Wattfare: what the hosted service does, inside this Flask app.
+
+`init_engine(app)` mounts the API (and the consent popup), builds the provider
+registry and registers the `flask wattfare` commands. Nothing here imports the demo.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, Response, request
+from sqlalchemy import inspect
+from werkzeug.exceptions import HTTPException
+
+from ..extensions import db
+from . import api
+from .apps import KeyConfigError, ensure_app
+from .errors import http_error_response
+from .providers import ProviderRegistry
+
+log = logging.getLogger(__name__)
+
+
+def init_engine(app: Flask) -> None:
+    from . import cli
+
+    app.extensions["wattfare_providers"] = ProviderRegistry(app.config)
+    app.register_blueprint(api.bp)
+    # Unmatched URLs never reach a blueprint's handlers: answer them here, in JSON
+    # under /api/v1 and as usual elsewhere.
+    for code in (404, 405):
+        app.register_error_handler(code, _json_under_api)
+    cli.register(app)
+
+
+def _json_under_api(exc: HTTPException) -> Response | HTTPException:
+    if request.path.startswith(api.bp.url_prefix or "/api/v1"):
+        return http_error_response(exc)
+    return exc
+
+
+def ensure_configured_app(app: Flask) -> None:
+    """Create or check the app named by WATTFARE_PUBLISHABLE_KEY / WATTFARE_SECRET_KEY.
+
+    Skipped (with a hint) while the database has no tables yet, so that
+    `flask db upgrade` itself can start.
+    """
+    pk = app.config.get("WATTFARE_PUBLISHABLE_KEY")
+    sk = app.config.get("WATTFARE_SECRET_KEY")
+    if not (pk and sk):
+        return
+    with app.app_context():
+        if not inspect(db.engine).has_table("apps"):
+            log.warning("The database has no tables yet: run `flask db upgrade`.")
+            return
+        try:
+            ensure_app(
+                pk,
+                sk,
+                name=app.config.get("WATTFARE_APP_NAME", "File converter demo"),
+                origins=app.config["WATTFARE_ALLOWED_ORIGINS"],
+                flask_secret=app.config["SECRET_KEY"],
+                auto_approve=app.config["WATTFARE_AUTO_APPROVE"],
+            )
+        finally:
+            db.session.remove()
+
+
+__all__ = ["KeyConfigError", "ensure_configured_app", "init_engine"]

@@ -1,0 +1,379 @@
+"""/api/v1: grants, the metered chat-completions proxy, grant status. Routes stay thin:
+validation is in validation.py, the accounting in grants.py, the calls in providers/.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import time
+from collections.abc import Iterator
+from contextlib import closing
+from dataclasses import replace
+from decimal import Decimal
+from typing import Any
+
+from flask import Blueprint, Response, current_app, g, jsonify, request, stream_with_context
+from werkzeug.exceptions import HTTPException
+
+from . import grants
+from .apps import app_for_secret_key
+from .errors import ApiError, error_response, grant_invalid, http_error_response, invalid_request
+from .models import App
+from .pricing import pusd_to_usd, usd_str
+from .providers import DEFAULT_MAX_TOKENS, ModelRoute, ProviderRegistry
+from .providers.base import ChatRequest, Completion, Delta, ProviderError
+from .sessions import verify_session
+from .validation import ChatCall, json_body, parse_chat_request, parse_grant_request
+
+log = logging.getLogger(__name__)
+bp = Blueprint("wattfare_api", __name__, url_prefix="/api/v1")
+
+
+@bp.errorhandler(ApiError)
+def _api_error(error: ApiError) -> Response:
+    return error_response(error)
+
+
+@bp.errorhandler(HTTPException)
+def _http_error(exc: HTTPException) -> Response:
+    return http_error_response(exc)
+
+
+def registry() -> ProviderRegistry:
+    return current_app.extensions["wattfare_providers"]
+
+
+# --- authentication ------------------------------------------------------------------
+
+
+def _bearer() -> str:
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        raise ApiError(
+            401,
+            "missing_credentials",
+            "Send Authorization: Bearer <key or token>.",
+            type="authentication_error",
+        )
+    return value.strip()
+
+
+def authenticate_app() -> App:
+    """The app whose secret key is in the Authorization header, or 401."""
+    app = app_for_secret_key(_bearer())
+    if app is None:
+        raise ApiError(
+            401,
+            "invalid_api_key",
+            "The secret key is not valid. Use the sk_… key printed when the app was created.",
+            type="authentication_error",
+        )
+    g.wattfare_app_id = app.id  # for the request log line
+    return app
+
+
+def grant_token_header() -> str:
+    token = request.headers.get("x-wattfare-grant", "").strip()
+    if not token:
+        raise invalid_request("x-wattfare-grant", "Send the grant token in x-wattfare-grant.")
+    return token
+
+
+def balance_headers(balance: grants.GrantBalance) -> dict[str, str]:
+    headers = {"x-wattfare-grant-remaining": str(max(balance.remaining, 0))}
+    if balance.remaining_pusd is not None:
+        headers["x-wattfare-grant-remaining-usd"] = usd_str(max(balance.remaining_pusd, 0))
+    return headers
+
+
+def _outcome(value: str) -> None:
+    g.wattfare_outcome = value  # read by the request logger; never a token
+
+
+# --- grants --------------------------------------------------------------------------
+
+
+@bp.post("/grants")
+def create_grant() -> tuple[Response, int]:
+    session = verify_session(_bearer(), current_app.config["SECRET_KEY"])
+    g.wattfare_app_id = session.app.id
+    if session.origin not in session.app.origin_list:
+        raise ApiError(
+            403,
+            "origin_not_allowed",
+            f"{session.origin} is not an allowed origin of app {session.app.name!r}. "
+            "Add it with `flask wattfare add-origin`.",
+            type="permission_error",
+        )
+    ask = parse_grant_request(json_body(), Decimal(current_app.config["WATTFARE_MAX_USD"]))
+    new = grants.create_grant(
+        session.app,
+        origin=session.origin,
+        subject=session.subject,
+        requests=ask.requests,
+        max_pusd=ask.max_pusd,
+        ttl=current_app.config["WATTFARE_GRANT_TTL"],
+    )
+    _outcome("grant_created")
+    return jsonify(grantToken=new.token, expiresAt=new.expires_at, requests=new.requests), 200
+
+
+@bp.get("/grant")
+def grant_status() -> Response:
+    app = authenticate_app()
+    grant = grants.find_grant(app.id, grant_token_header())
+    return jsonify(
+        requests=grant.requests,
+        remaining=max(grant.requests - grant.used - grant.reserved, 0),
+        maxUsd=None if grant.max_pusd is None else float(pusd_to_usd(grant.max_pusd)),
+        spentUsd=float(pusd_to_usd(grant.spent_pusd)),
+        expiresAt=grant.expires_at,
+        status=grants.grant_status(grant),
+    )
+
+
+@bp.get("/models")
+def list_models() -> Response:
+    authenticate_app()
+    data = [
+        {"id": m, "object": "model", "owned_by": m.split("/")[0]} for m in registry().model_ids()
+    ]
+    return jsonify(object="list", data=data)
+
+
+# --- chat completions -------------------------------------------------------------------
+
+
+def _elapsed_ms(started: float) -> int:
+    return int((time.perf_counter() - started) * 1000)
+
+
+def upstream_error(exc: ProviderError) -> ApiError:
+    if exc.kind == "upstream_rejected":
+        return ApiError(
+            400, "upstream_rejected", f"The model provider refused the request: {exc.message}"
+        )
+    if exc.kind == "upstream_rate_limited":
+        return ApiError(
+            429,
+            "upstream_rate_limited",
+            "The model provider is rate limiting; retry shortly. Nothing was charged.",
+            type="rate_limit_error",
+            headers={"Retry-After": "5"},
+        )
+    if exc.kind == "timeout":
+        return ApiError(
+            504,
+            "upstream_timeout",
+            "The model provider did not answer in time. Nothing was charged.",
+            type="api_error",
+        )
+    return ApiError(
+        502,
+        "upstream_error",
+        f"The model provider failed ({exc.kind}). Nothing was charged.",
+        type="api_error",
+    )
+
+
+@bp.post("/chat/completions")
+def chat_completions() -> Response:
+    started = time.perf_counter()
+    app = authenticate_app()
+    token = grant_token_header()
+    call = parse_chat_request(json_body())
+    route = registry().route(call.model)
+    chat = ChatRequest(
+        model=route.model,
+        messages=call.messages,
+        max_tokens=call.max_tokens or DEFAULT_MAX_TOKENS,
+        options=call.options,
+    )
+    prompt_tokens = route.provider.prompt_tokens_upper_bound(chat)
+    reservation = grants.reserve(
+        app.id,
+        token,
+        model=route.model,
+        price=route.price,
+        prompt_tokens=prompt_tokens,
+        max_tokens=chat.max_tokens,
+        hold_ttl=current_app.config["WATTFARE_HOLD_TTL"],
+        stream=call.stream,
+    )
+    chat = replace(chat, max_tokens=reservation.max_tokens)
+    if call.stream:
+        return _stream(call, route, chat, reservation, prompt_tokens, started)
+    try:
+        completion = route.provider.complete(chat)
+    except ProviderError as exc:
+        grants.release(reservation, error=exc.kind, duration_ms=_elapsed_ms(started))
+        _outcome(f"released:{exc.kind}")
+        raise upstream_error(exc) from None
+    except BaseException:
+        grants.release(reservation, error="internal", duration_ms=_elapsed_ms(started))
+        raise
+    body = _completion_body(call, completion)
+    balance = grants.settle(
+        reservation,
+        prompt_tokens=completion.prompt_tokens,
+        completion_tokens=completion.completion_tokens,
+        price=route.price,
+        duration_ms=_elapsed_ms(started),
+    )
+    _outcome("settled")
+    response = jsonify(body)
+    response.headers.update(balance_headers(balance))
+    return response
+
+
+def _completion_body(call: ChatCall, completion: Completion) -> dict[str, Any]:
+    return {
+        "id": f"chatcmpl-{secrets.token_hex(12)}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": call.model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": completion.text},
+                "finish_reason": completion.finish_reason,
+                "logprobs": None,
+            }
+        ],
+        "usage": {
+            "prompt_tokens": completion.prompt_tokens,
+            "completion_tokens": completion.completion_tokens,
+            "total_tokens": completion.prompt_tokens + completion.completion_tokens,
+        },
+    }
+
+
+def _sse(payload: dict[str, Any] | str) -> str:
+    data = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
+    return f"data: {data}\n\n"
+
+
+def _stream(
+    call: ChatCall,
+    route: ModelRoute,
+    chat: ChatRequest,
+    reservation: grants.Reservation,
+    prompt_tokens: int,
+    started: float,
+) -> Response:
+    """Server-sent events in OpenAI's chunk format, settled when the stream ends.
+
+    Policy (README, "What a call costs"): a provider failure mid-stream charges
+    nothing; a client that goes away is charged for the tokens generated before it
+    left (the provider bills them); a stream that reaches the dollar cap ends with a
+    `grant_invalid` / `over_cap` error event after its usage chunk.
+    """
+    chunk_id = f"chatcmpl-{secrets.token_hex(12)}"
+    created = int(time.time())
+    capped = call.max_tokens is None or reservation.max_tokens < call.max_tokens
+    cap_limited = reservation.balance.remaining_pusd is not None and capped
+    # Upstream providers report an estimate while streaming (exact only at the end), so
+    # allow the estimate some slack; the charge is clamped to the hold in any case.
+    overrun_limit = reservation.max_tokens + reservation.max_tokens // 2 + 16
+
+    def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> str:
+        return _sse(
+            {
+                "id": chunk_id,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": call.model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+            }
+        )
+
+    def events() -> Iterator[str]:
+        completion_tokens = 0
+        settled = False
+        try:
+            yield chunk({"role": "assistant", "content": ""})
+            with closing(route.provider.stream(chat)) as upstream:
+                end = None
+                for event in upstream:
+                    if isinstance(event, Delta):
+                        if event.completion_tokens > overrun_limit:
+                            break  # the provider ignored max_tokens: cut what is unpaid
+                        completion_tokens = event.completion_tokens
+                        yield chunk({"content": event.text})
+                    else:
+                        end = event
+            finish = end.finish_reason if end else "length"
+            used_prompt = end.prompt_tokens if end else prompt_tokens
+            used_completion = end.completion_tokens if end else completion_tokens
+            balance = grants.settle(
+                reservation,
+                prompt_tokens=used_prompt,
+                completion_tokens=used_completion,
+                price=route.price,
+                duration_ms=_elapsed_ms(started),
+            )
+            settled = True
+            yield chunk({}, finish)
+            usage = {
+                "prompt_tokens": used_prompt,
+                "completion_tokens": used_completion,
+                "total_tokens": used_prompt + used_completion,
+            }
+            yield _sse(
+                {
+                    "id": chunk_id,
+                    "object": "chat.completion.chunk",
+                    "created": created,
+                    "model": call.model,
+                    "choices": [],
+                    "usage": usage,
+                    "wattfare": {
+                        "remaining": max(balance.remaining, 0),
+                        "remainingUsd": (
+                            None
+                            if balance.remaining_pusd is None
+                            else float(pusd_to_usd(max(balance.remaining_pusd, 0)))
+                        ),
+                    },
+                }
+            )
+            if finish == "length" and cap_limited:
+                yield _sse(grants_cap_error())
+            yield _sse("[DONE]")
+        except ProviderError as exc:
+            grants.release(reservation, error=exc.kind, duration_ms=_elapsed_ms(started))
+            settled = True
+            yield _sse(upstream_error(exc).body())
+            yield _sse("[DONE]")
+        except GeneratorExit:
+            if not settled:
+                # The client went away: charge what was generated, which the
+                # provider bills too.
+                grants.settle(
+                    reservation,
+                    prompt_tokens=prompt_tokens,
+                    completion_tokens=completion_tokens,
+                    price=route.price,
+                    duration_ms=_elapsed_ms(started),
+                    error="client_disconnected",
+                )
+                log.info("client left mid-stream: usage %s", reservation.usage_id)
+            raise
+        except BaseException:
+            if not settled:
+                grants.release(reservation, error="internal", duration_ms=_elapsed_ms(started))
+            raise
+
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    headers.update(balance_headers(reservation.balance))
+    _outcome("stream")
+    return Response(stream_with_context(events()), mimetype="text/event-stream", headers=headers)
+
+
+def grants_cap_error() -> dict[str, Any]:
+    error = grant_invalid("over_cap")
+    error.message = "The stream reached the grant's dollar cap and was cut."
+    return error.body()
