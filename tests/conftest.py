@@ -141,5 +141,13 @@ class LiveServer:
 
 @pytest.fixture
 def live_server(app: Flask) -> Iterator[LiveServer]:
+    """The app on a real port; its two loopback origins are allowed for the demo app."""
+    from wattfare_demo.engine.apps import add_origin, app_for_secret_key
+
     with LiveServer(app) as server:
+        with app.app_context():
+            demo = app_for_secret_key(app.config["WATTFARE_SECRET_KEY"])
+            for host in ("127.0.0.1", "localhost"):
+                add_origin(demo, f"http://{host}:{server.port}")
+            db.session.remove()
         yield server
