@@ -1,0 +1,203 @@
+// The consent popup's script. Served by the engine with a strict CSP (no inline script):
+// everything it needs comes from data attributes on <body>, rendered by consent.py.
+//
+// It talks to exactly one window, `window.opener`, on exactly one origin, the one the
+// server checked against the app's allowed origins. Every message carries the nonce
+// from the URL, so an answer is bound to its question. The protocol is in
+// docs/browser-client.md:
+//
+//   popup → opener   wattfare:ready    (loaded, send me the session token)
+//   opener → popup   wattfare:session  { token }
+//   popup → opener   wattfare:grant    { grant }  | wattfare:deny | wattfare:error { error }
+//                    wattfare:closing  (pagehide before any answer: the window is going)
+"use strict";
+
+(() => {
+  // A human gets this long to see the page before Approve works: a double-click on the
+  // app's button must not land on Approve ("double-clickjacking").
+  const ARM_DELAY_MS = 500;
+
+  const data = document.body.dataset;
+  const opener = window.opener;
+  const openerOrigin = data.openerOrigin || null;
+  const nonce = data.nonce || null;
+  const $ = (id) => document.getElementById(id);
+
+  let answered = false; // the opener has had its one answer
+  let busy = false; // an Approve is in flight
+  let armed = false;
+  let sessionToken = null; // in memory only
+
+  function send(type, extra) {
+    if (opener && !opener.closed && openerOrigin && nonce) {
+      opener.postMessage({ type: `wattfare:${type}`, nonce, ...extra }, openerOrigin);
+    }
+  }
+
+  function answer(type, extra) {
+    if (answered) return;
+    answered = true;
+    send(type, extra);
+  }
+
+  function say(text) {
+    const status = $("status");
+    if (status) status.textContent = text;
+  }
+
+  function fail(error) {
+    const code = error.code || "grant_failed";
+    const message = error.message || "Something went wrong; nothing was approved.";
+    sessionToken = null;
+    document.body.dataset.state = "error";
+    say("");
+    const problem = $("problem");
+    problem.textContent = message;
+    problem.hidden = false;
+    for (const id of ["approve", "deny"]) if ($(id)) $(id).hidden = true;
+    $("close").hidden = false;
+    $("close").focus();
+    answer("error", { error: { code, message, param: error.param || null } });
+  }
+
+  function refresh() {
+    const approve = $("approve");
+    if (approve) approve.disabled = !(armed && sessionToken && !busy && !answered);
+  }
+
+  // --- the error page: tell the opener, show the message, offer Close ----------------
+
+  if (data.state === "error") {
+    answer("error", {
+      error: {
+        code: data.errorCode,
+        message: data.errorMessage,
+        param: data.errorParam || null,
+      },
+    });
+    $("close").addEventListener("click", () => window.close());
+    document.addEventListener("keydown", (event) => {
+      if (event.key === "Escape") window.close();
+    });
+    $("close").focus();
+    return;
+  }
+
+  // --- the consent page ------------------------------------------------------------
+
+  // The session token carries its app and origin. The server checks its signature on
+  // Approve; here we only make sure it asks for what this page shows, so the visitor
+  // never approves one thing while the token says another.
+  function claimsOf(token) {
+    try {
+      const payload = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+      return JSON.parse(atob(payload));
+    } catch {
+      return null;
+    }
+  }
+
+  function onSession(token) {
+    const claims = claimsOf(token);
+    if (!claims) {
+      fail({ code: "session_invalid", message: "The app sent a session token that is not a JWT." });
+    } else if (claims.iss !== data.appId || claims.origin !== openerOrigin) {
+      fail({
+        code: "session_mismatch",
+        message:
+          `The app's session token is for ${claims.origin || "no origin"}, ` +
+          `not for ${openerOrigin}. Nothing was approved.`,
+      });
+    } else {
+      sessionToken = token;
+      say(data.autoApprove ? "Test mode: approving automatically…" : "");
+      refresh();
+      if (data.autoApprove) approve(); // test apps only: the server decides, not the URL
+    }
+  }
+
+  async function approve() {
+    if (answered || busy || !sessionToken) return;
+    busy = true;
+    refresh();
+    $("deny").disabled = true;
+    say("Approving…");
+    let response;
+    let body = null;
+    try {
+      response = await fetch(data.grantsUrl, {
+        method: "POST",
+        headers: { Authorization: `Bearer ${sessionToken}`, "Content-Type": "application/json" },
+        body: data.grantBody, // built by the server from the amounts shown on this page
+        credentials: "omit",
+        cache: "no-store",
+      });
+      body = await response.json().catch(() => null);
+    } catch {
+      busy = false;
+      fail({ code: "network_error", message: "Wattfare could not be reached. Try again." });
+      return;
+    }
+    busy = false;
+    if (response.ok && body && typeof body.grantToken === "string") {
+      const { grantToken, expiresAt, requests } = body;
+      answer("grant", { grant: { grantToken, expiresAt, requests } });
+      say("Approved. This window will close.");
+      window.close();
+    } else {
+      fail(
+        (body && body.error) || {
+          code: "grant_failed",
+          message: `Wattfare refused the grant (HTTP ${response.status}). Nothing was approved.`,
+        },
+      );
+    }
+  }
+
+  function deny() {
+    if (answered || busy) return;
+    answer("deny");
+    window.close();
+  }
+
+  $("approve").addEventListener("click", approve);
+  $("deny").addEventListener("click", deny);
+  $("close").addEventListener("click", () => window.close());
+  document.addEventListener("keydown", (event) => {
+    if (event.key !== "Escape") return;
+    if (answered) window.close();
+    else deny();
+  });
+
+  window.addEventListener("message", (event) => {
+    // Exactly our opener, on exactly the origin the server allowed, for this question.
+    if (event.source !== opener || event.origin !== openerOrigin) return;
+    const message = event.data;
+    if (!message || message.type !== "wattfare:session" || message.nonce !== nonce) return;
+    if (sessionToken || answered || typeof message.token !== "string") return;
+    onSession(message.token);
+  });
+
+  // A window closed by the visitor (or navigated away) says so once, so the opener
+  // never has to guess from `window.closed`, which COOP can make lie.
+  window.addEventListener("pagehide", () => {
+    if (!answered) answer("closing");
+  });
+
+  if (!opener) {
+    fail({
+      code: "no_opener",
+      message:
+        "This window has lost the page that opened it, so it cannot answer. " +
+        "Close it and use the app's button again.",
+    });
+    return;
+  }
+
+  setTimeout(() => {
+    armed = true;
+    refresh();
+  }, ARM_DELAY_MS);
+  $("title").focus();
+  send("ready");
+})();
