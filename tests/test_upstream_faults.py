@@ -390,6 +390,26 @@ def test_a_client_that_leaves_gunicorn_is_charged_what_was_generated(
     client_leaves_mid_stream(app, gunicorn_server, api_headers(make_grant(1)), upstream, abort)
 
 
+def test_a_client_that_leaves_before_the_upstream_is_called_is_charged_nothing(
+    app, client, make_grant, api_headers, upstream
+):
+    # The role chunk goes out before the upstream is called. A client that is gone by
+    # then (the server's first write fails, or an SDK user closes the stream as soon as
+    # the headers arrive) caused no upstream call, so there is nothing to charge.
+    grant = make_grant(1)
+    response = client.post(
+        "/api/v1/chat/completions",
+        headers=api_headers(grant),
+        json=body(stream=True),
+        buffered=False,
+    )
+    first = next(iter(response.response))
+    assert b'"role":"assistant"' in first
+    response.close()
+    assert upstream.requests == []
+    assert_charged_nothing(app, "client_disconnected")
+
+
 def test_a_stream_that_runs_past_the_cap_is_cut_and_charged_the_cap(
     app, client, make_grant, api_headers, upstream
 ):

@@ -293,8 +293,10 @@ def _stream(
     def events() -> Iterator[str]:
         completion_tokens = 0
         settled = False
+        called = False  # has the provider been asked (and so may bill)?
         try:
             yield chunk({"role": "assistant", "content": ""})
+            called = True
             with closing(route.provider.stream(chat)) as upstream:
                 end = None
                 for event in upstream:
@@ -349,7 +351,12 @@ def _stream(
             yield _sse(upstream_error(exc).body())
             yield _sse("[DONE]")
         except GeneratorExit:
-            if not settled:
+            if not settled and not called:
+                # Gone before the provider was called: nothing was generated.
+                grants.release(
+                    reservation, error="client_disconnected", duration_ms=_elapsed_ms(started)
+                )
+            elif not settled:
                 # The client went away: charge what was generated, which the
                 # provider bills too.
                 grants.settle(
