@@ -14,8 +14,10 @@ from typing import Any
 from flask import Flask
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
+from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import dev_keys
+from . import dev_keys, health, request_log
 from .config import DEV_SECRET_KEY, load_settings
 from .engine import ensure_configured_app, init_engine
 from .extensions import db, migrate
@@ -41,11 +43,28 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     if config:
         app.config.update(config)
     _complete_settings(app)
+    # Hosted platforms (Heroku, Render, Dokku, Fly) end TLS at a proxy in front of the
+    # app and pass the original scheme, host and client address in X-Forwarded-Proto,
+    # -Host and -For. Trusting one hop makes request.scheme, request.host and
+    # url_for(_external=True) say https://the-public-host, and remote_addr the client
+    # (the last X-Forwarded-For entry, the one the proxy appended). Behind no proxy, or
+    # two, change the counts: see "Behind the platform's proxy" in docs/deploy.md.
+    app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=1)
 
     db.init_app(app)
     migrate.init_app(app, db, directory=os.path.join(ROOT, "migrations"))
+    request_log.init_app(app)
+    app.register_blueprint(health.bp)
     init_engine(app)
-    ensure_configured_app(app)
+    try:
+        ensure_configured_app(app)
+    except OperationalError as exc:
+        # The database is down while a worker boots (a platform restart during database
+        # maintenance, say). Serve anyway: /healthz answers 503 until it is back, and
+        # requests work again without a restart, instead of the platform crash-looping
+        # the process. The keys are checked again on the next start; `flask db upgrade`
+        # in the release phase still fails loudly on the same error.
+        app.logger.error("Database unreachable at start-up: %s", health.summary(exc))
     return app
 
 
@@ -73,7 +92,13 @@ def _complete_settings(app: Flask) -> None:
                 "SECRET_KEY is a development value or shorter than 32 characters: set a "
                 "random one, e.g. `python -c 'import secrets; print(secrets.token_hex(32))'`."
             )
+        # Cookies only over https, not readable from scripts, and not sent on cross-site
+        # sub-requests (the consent popup is a top-level window, which Lax allows).
         cfg["SESSION_COOKIE_SECURE"] = True
+        cfg["SESSION_COOKIE_HTTPONLY"] = True
+        cfg["SESSION_COOKIE_SAMESITE"] = cfg.get("SESSION_COOKIE_SAMESITE") or "Lax"
+        # url_for(_external=True) outside a request (CLI, background work): https.
+        cfg["PREFERRED_URL_SCHEME"] = "https"
         return
     if not (cfg.get("WATTFARE_PUBLISHABLE_KEY") and cfg.get("WATTFARE_SECRET_KEY")):
         generated = dev_keys.load_or_create(app.instance_path)

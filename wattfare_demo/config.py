@@ -38,8 +38,19 @@ def engine_options(url: str, pool_size: int) -> dict[str, Any]:
         # pragma set on connect in wattfare_demo/__init__.py).
         return {"connect_args": {"timeout": 30}}
     # Small hosted PostgreSQL plans allow ~20 connections in all: keep each worker's
-    # pool small and drop connections the platform closed behind our back.
-    return {"pool_size": pool_size, "max_overflow": 2, "pool_pre_ping": True, "pool_recycle": 300}
+    # pool small and drop connections the platform closed behind our back (sizing:
+    # docs/deploy.md). A database that does not answer fails a request or /healthz in
+    # seconds instead of hanging it until the platform's router gives up.
+    options: dict[str, Any] = {
+        "pool_size": pool_size,
+        "max_overflow": 2,
+        "pool_pre_ping": True,
+        "pool_recycle": 300,
+        "pool_timeout": 10,
+    }
+    if "connect_timeout" not in url:
+        options["connect_args"] = {"connect_timeout": 5}
+    return options
 
 
 def _bool(value: str | None, default: bool = False) -> bool:
