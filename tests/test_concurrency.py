@@ -6,12 +6,7 @@ then at four gunicorn worker processes sharing the database (SQLite file or Post
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
 import threading
-import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -21,10 +16,10 @@ import pytest
 from sqlalchemy import func, select
 
 from tests.helpers import chat_body
+from tests.procfile import WebProcess, procfile_env
 from wattfare_demo.engine.models import Grant, Usage
 from wattfare_demo.extensions import db
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LONG_DOC = "<p>" + "word " * 300 + "</p>"
 
 
@@ -82,58 +77,21 @@ def test_fifty_threads_race_a_dollar_cap(app, client, live_server, make_grant, a
     assert spent == 5 * cost  # exactly the cap, never above it
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
-def gunicorn_workers(app, app_config) -> Iterator[str]:
-    """Four gunicorn worker processes serving the test database."""
-    port = _free_port()
-    env = {
-        **os.environ,
-        "DATABASE_URL": app_config["SQLALCHEMY_DATABASE_URI"],
-        "SECRET_KEY": app_config["SECRET_KEY"],
-        "WATTFARE_PUBLISHABLE_KEY": app_config["WATTFARE_PUBLISHABLE_KEY"],
-        "WATTFARE_SECRET_KEY": app_config["WATTFARE_SECRET_KEY"],
-        "WATTFARE_ALLOWED_ORIGINS": ",".join(app_config["WATTFARE_ALLOWED_ORIGINS"]),
-        "WATTFARE_ENV": "production",
-    }
-    env.pop("OPENROUTER_API_KEY", None)
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "--workers",
-            "4",
-            "--threads",
-            "8",
-            "--bind",
-            f"127.0.0.1:{port}",
-            "app:app",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+def gunicorn_workers(app, app_config, tmp_path) -> Iterator[str]:
+    """Four gunicorn worker processes serving the test database, started exactly as the
+    Procfile's `web` line says (so with its production default and gthread workers)."""
+    env = procfile_env(
+        {
+            "DATABASE_URL": app_config["SQLALCHEMY_DATABASE_URI"],
+            "SECRET_KEY": app_config["SECRET_KEY"],
+            "WATTFARE_PUBLISHABLE_KEY": app_config["WATTFARE_PUBLISHABLE_KEY"],
+            "WATTFARE_SECRET_KEY": app_config["WATTFARE_SECRET_KEY"],
+            "WATTFARE_ALLOWED_ORIGINS": ",".join(app_config["WATTFARE_ALLOWED_ORIGINS"]),
+        }
     )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            httpx.get(f"{url}/api/v1/openapi.json", timeout=1)
-            break
-        except httpx.TransportError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError(proc.stderr.read().decode()) from None
-            time.sleep(0.1)
-    yield url
-    proc.terminate()
-    proc.wait(10)
+    with WebProcess(env, tmp_path, workers=4) as web:
+        yield web.url
 
 
 def test_four_worker_processes_race_a_five_request_grant(
