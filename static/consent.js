@@ -9,13 +9,14 @@
 //   popup → opener   wattfare:ready    (loaded, send me the session token)
 //   opener → popup   wattfare:session  { token }
 //   popup → opener   wattfare:grant    { grant }  | wattfare:deny | wattfare:error { error }
-//                    wattfare:closing  (pagehide before any answer: the window is going)
+//                    wattfare:closing  (closed or navigated away before any answer)
 "use strict";
 
 (() => {
   // A human gets this long to see the page before Approve works: a double-click on the
   // app's button must not land on Approve ("double-clickjacking").
   const ARM_DELAY_MS = 500;
+  const SESSION_WAIT_MS = 20000;
 
   const data = document.body.dataset;
   const opener = window.opener;
@@ -179,10 +180,15 @@
   });
 
   // A window closed by the visitor (or navigated away) says so once, so the opener
-  // never has to guess from `window.closed`, which COOP can make lie.
-  window.addEventListener("pagehide", () => {
+  // never has to guess from `window.closed`, which COOP can make lie. On beforeunload:
+  // Chromium drops messages that a cross-site window posts during pagehide/unload (it
+  // is already being torn down), but delivers those posted during beforeunload.
+  // pagehide stays as a second chance for browsers that fire no beforeunload.
+  const goodbye = () => {
     if (!answered) answer("closing");
-  });
+  };
+  window.addEventListener("beforeunload", goodbye);
+  window.addEventListener("pagehide", goodbye);
 
   if (!opener) {
     fail({
@@ -198,6 +204,16 @@
     armed = true;
     refresh();
   }, ARM_DELAY_MS);
+  // An opener that never sends the session (it was reloaded, or it is not the page it
+  // claims to be) leaves nothing to approve: say so instead of waiting forever.
+  setTimeout(() => {
+    if (!sessionToken && !answered) {
+      fail({
+        code: "no_session",
+        message: `${openerOrigin} did not send its session. Close this window and try again.`,
+      });
+    }
+  }, SESSION_WAIT_MS);
   $("title").focus();
   send("ready");
 })();

@@ -1,0 +1,112 @@
+"""Page objects for the browser tests.
+
+`ConsentPopup` is the Wattfare consent popup as a visitor sees it. It knows nothing of
+the page that opened it, so any opener's tests can use it:
+
+    popup = ConsentPopup.opened_by(page, lambda: convert_button.click())
+    popup.expect_asking(requests=3, max_usd="$0.50")
+    popup.approve()          # waits until the popup has closed itself
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+from playwright.sync_api import Error as PlaywrightError
+from playwright.sync_api import Page, expect
+
+
+class ConsentPopup:
+    def __init__(self, page: Page) -> None:
+        self.page = page
+        self.heading = page.get_by_role("heading", level=1)
+        self.approve_button = page.get_by_role("button", name="Approve", exact=True)
+        self.deny_button = page.get_by_role("button", name="Deny", exact=True)
+        self.close_button = page.get_by_role("button", name="Close", exact=True)
+        self.problem = page.get_by_role("alert")
+
+    @classmethod
+    def opened_by(cls, opener: Page, action: Callable[[], object]) -> ConsentPopup:
+        """Run `action` (a click) on the opener and return the popup it opens."""
+        with opener.expect_popup() as popup:
+            action()
+        return cls(popup.value)
+
+    # --- what it shows ---------------------------------------------------------------
+
+    def expect_asking(
+        self,
+        *,
+        app_name: str | None = None,
+        origin: str | None = None,
+        requests: int | None = None,
+        max_usd: str | None = None,
+        expires: str | None = None,
+    ) -> None:
+        """The consent question is on screen (and says what is given, if given)."""
+        expect(self.heading).to_contain_text("asks to use AI")
+        if app_name is not None:
+            expect(self.heading).to_contain_text(app_name)
+        if origin is not None:
+            expect(self.summary("Requested by")).to_have_text(origin)
+        if requests is not None:
+            word = "request" if requests == 1 else "requests"
+            expect(self.summary("AI requests")).to_have_text(f"{requests} {word}")
+        if max_usd is not None:
+            expect(self.summary("Spending cap")).to_contain_text(max_usd)
+        if expires is not None:
+            expect(self.summary("Expires")).to_contain_text(expires)
+
+    def summary(self, term: str):
+        """The value shown beside `term` in the summary list."""
+        row = self.page.locator(".summary > div").filter(
+            has=self.page.get_by_text(term, exact=True)
+        )
+        return row.locator("dd")
+
+    def expect_error(self, text: str | re.Pattern[str]) -> None:
+        """A refusal: the message is shown, Approve is gone, Close is offered."""
+        expect(self.problem).to_contain_text(text)
+        expect(self.approve_button).to_be_hidden()
+        expect(self.close_button).to_be_visible()
+
+    # --- what a visitor does ----------------------------------------------------------
+
+    def approve(self) -> None:
+        """Click Approve (it is enabled once the app's session has arrived) and wait
+        for the popup to close itself."""
+        expect(self.approve_button).to_be_enabled()
+        self._until_closed(self.approve_button.click)
+
+    def approve_with_keyboard(self) -> None:
+        expect(self.approve_button).to_be_enabled()
+        while not self.approve_button.evaluate("b => b === document.activeElement"):
+            self.page.keyboard.press("Tab")
+        self._until_closed(lambda: self.page.keyboard.press("Enter"))
+
+    def deny(self) -> None:
+        self._until_closed(self.deny_button.click)
+
+    def press_escape(self) -> None:
+        expect(self.heading).to_be_visible()
+        self._until_closed(lambda: self.page.keyboard.press("Escape"))
+
+    def close_window(self) -> None:
+        """Close the window as a visitor does: beforeunload and pagehide handlers run."""
+        self.page.close(run_before_unload=True)
+        self.wait_closed()
+
+    def wait_closed(self) -> None:
+        if not self.page.is_closed():
+            self.page.wait_for_event("close")
+
+    def _until_closed(self, action: Callable[[], object]) -> None:
+        """Do `action`, which makes the popup close itself, and wait until it has."""
+        with self.page.expect_event("close"):
+            try:
+                action()
+            except PlaywrightError as exc:
+                # It may close before Playwright hears back from the key or the click.
+                if "closed" not in str(exc):
+                    raise
