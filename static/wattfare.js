@@ -176,7 +176,7 @@
         }
 
         function handOver() {
-          if (ready && token && !handedOver) {
+          if (current === state && ready && token && !handedOver) {
             handedOver = true;
             popup.postMessage({ type: "wattfare:session", nonce, token }, engineOrigin);
           }
@@ -224,6 +224,7 @@
             handOver();
           },
           (error) => {
+            if (current !== state) return; // answered already; the window may be reused
             popup.close();
             fail("session_failed", `Could not get a Wattfare session token: ${error.message}`);
           },
