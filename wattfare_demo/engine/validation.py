@@ -99,6 +99,15 @@ class ChatCall:
     options: dict[str, Any]
 
 
+def _content_part(part: Any) -> bool:
+    """An OpenAI content part: a `type`, and a string `text` on text parts (if any)."""
+    if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+        return False
+    if part["type"] == "text" and "text" not in part:
+        return False
+    return "text" not in part or isinstance(part["text"], str)
+
+
 def _messages(value: Any) -> list[dict[str, Any]]:
     if not isinstance(value, list) or not value:
         raise invalid_request("messages", "messages must be a non-empty list.")
@@ -108,16 +117,15 @@ def _messages(value: Any) -> list[dict[str, Any]]:
         where = f"messages[{i}]"
         if not isinstance(message, dict):
             raise invalid_request(where, f"{where} must be an object with role and content.")
-        if message.get("role") not in ROLES:
+        # Checked as a string first: a list or object role is unhashable (a 500 once).
+        if not isinstance(message.get("role"), str) or message["role"] not in ROLES:
             raise invalid_request(f"{where}.role", f"{where}.role must be one of {sorted(ROLES)}.")
         content = message.get("content")
         if content is None and message.get("role") == "assistant":
             continue
         if isinstance(content, str):
             continue
-        if isinstance(content, list) and all(
-            isinstance(p, dict) and isinstance(p.get("type"), str) for p in content
-        ):
+        if isinstance(content, list) and all(_content_part(p) for p in content):
             continue
         raise invalid_request(
             f"{where}.content", f"{where}.content must be a string or a list of content parts."
@@ -148,6 +156,9 @@ def parse_chat_request(body: dict[str, Any]) -> ChatCall:
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise invalid_request("stream", "stream must be true or false.")
+    if not isinstance(body.get("stream_options", {}), dict | None):
+        # Dropped (the engine always asks for usage) but still checked: OpenAI refuses it too.
+        raise invalid_request("stream_options", "stream_options must be an object.")
     if body.get("n") not in (None, 1):
         raise invalid_request("n", "Only n = 1 is supported: each choice would be a request.")
     options = {k: _plain(v) for k, v in body.items() if k not in ENGINE_FIELDS}
