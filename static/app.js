@@ -88,9 +88,13 @@
       case "popup_blocked":
         return "Your browser blocked the approval popup. Allow popups for this site and try again.";
       case "popup_busy":
-        return "The approval popup is already open: finish there first.";
+        return "The approval popup is already open: answer it there first.";
+      case "popup_unreachable":
+        return "The approval popup closed before it finished loading, so nothing was sent. Try again.";
       case "timeout":
         return "The approval popup timed out, so nothing was sent. Try again.";
+      case "grant_failed":
+        return `Wattfare refused the approval, so nothing was sent: ${error.message}`;
       default:
         return `The approval didn't work, so nothing was sent: ${(error && error.message) || error}`;
     }

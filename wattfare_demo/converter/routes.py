@@ -134,7 +134,7 @@ def convert() -> tuple[Response | str, int] | Response | str:
             )
         )
         _trigger_grant_balance(response, conversion.remaining, _usd(conversion.remaining_usd))
-    response.headers["Vary"] = "HX-Request"
+    response.vary.add("HX-Request")
     return response
 
 
@@ -200,7 +200,7 @@ def _convert_error(error: ExtractionError | ConverterError, htmx: bool) -> Any:
     else:
         extra = {"reason": reason} if reason else {}
         response = _json_error(error.status, error.code, error.message, **extra)
-    response.headers["Vary"] = "HX-Request"
+    response.vary.add("HX-Request")
     return response
 
 
