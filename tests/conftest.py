@@ -22,6 +22,9 @@ from wattfare_demo.engine.tokens import new_app_id, new_secret_key
 from wattfare_demo.extensions import db
 
 PG_URL = os.environ.get("TEST_DATABASE_URL")
+# Apps the tests start in other processes (gunicorn workers, `flask` commands) read the
+# environment, not app_config: rate limits are off there too.
+os.environ["WATTFARE_RATE_LIMITS"] = "off"
 BACKENDS = ["sqlite", "postgresql"] if PG_URL else ["sqlite"]
 
 
@@ -61,6 +64,9 @@ def app_config(database_url: str, keys: dict[str, str], tmp_path) -> dict[str, A
         "WATTFARE_UPSTREAM_URL": None,
         "WATTFARE_UPSTREAM_API_KEY": None,
         "WATTFARE_PRICES": {},
+        # Off unless a test turns them on (tests/test_rate_limits.py): the race and
+        # fault tests fire far more calls per minute than the default limits allow.
+        "RATELIMIT_ENABLED": False,
         **keys,
     }
 

@@ -63,6 +63,27 @@ def _list(value: str | None) -> list[str]:
     return [item.strip().rstrip("/") for item in (value or "").split(",") if item.strip()]
 
 
+def rate_limit_settings(environ: Mapping[str, str]) -> dict[str, Any]:
+    """Flask-Limiter's settings and ours; docs/configuration-rate-limits.md explains them.
+
+    On unless RATELIMIT_ENABLED is false or WATTFARE_RATE_LIMITS=off (load tests,
+    benchmarks). Counters live in Redis when REDIS_URL is set, so every worker and host
+    shares them; otherwise in each process's memory.
+    """
+    switch = environ.get("WATTFARE_RATE_LIMITS", "on").strip().lower()
+    return {
+        "RATELIMIT_ENABLED": _bool(environ.get("RATELIMIT_ENABLED"), default=True)
+        and switch not in {"off", "0", "false", "no"},
+        "RATELIMIT_STORAGE_URI": environ.get("REDIS_URL") or "memory://",
+        "RATELIMIT_KEY_PREFIX": "wattfare",
+        # A Redis outage must not take the API down with it: count nothing meanwhile.
+        "RATELIMIT_SWALLOW_ERRORS": True,
+        "WATTFARE_RATE_LIMIT_GRANTS": environ.get("WATTFARE_RATE_LIMIT_GRANTS", "30/minute"),
+        "WATTFARE_RATE_LIMIT_CHAT": environ.get("WATTFARE_RATE_LIMIT_CHAT", "600/minute"),
+        "WATTFARE_RATE_LIMIT_CONSENT": environ.get("WATTFARE_RATE_LIMIT_CONSENT", "60/minute"),
+    }
+
+
 def load_settings(environ: Mapping[str, str], instance_path: str) -> dict[str, Any]:
     env = environ.get("WATTFARE_ENV", "development").strip().lower()
     db_url = database_url(environ.get("DATABASE_URL"), instance_path)
@@ -91,4 +112,5 @@ def load_settings(environ: Mapping[str, str], instance_path: str) -> dict[str, A
         "WATTFARE_GRANT_TTL": int(environ.get("WATTFARE_GRANT_TTL", "600")),
         "WATTFARE_HOLD_TTL": int(environ.get("WATTFARE_HOLD_TTL", "900")),
         "WATTFARE_AUTO_APPROVE": _bool(environ.get("WATTFARE_AUTO_APPROVE")),
+        **rate_limit_settings(environ),
     }

@@ -17,6 +17,7 @@ from . import api, consent
 from .apps import KeyConfigError, ensure_app
 from .errors import http_error_response
 from .providers import ProviderRegistry
+from .ratelimit import init_rate_limits
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,8 @@ def init_engine(app: Flask) -> None:
     for code in (404, 405):
         app.register_error_handler(code, _json_under_api)
     cli.register(app)
+    # Last: it wraps the views registered above (grants, chat, the consent page).
+    init_rate_limits(app)
 
 
 def _json_under_api(exc: HTTPException) -> Response | HTTPException:

@@ -68,6 +68,10 @@ def error_response(error: ApiError) -> Response:
 
 def http_error_response(exc: HTTPException) -> Response:
     """Werkzeug's HTTP errors (404, 405, 413, …) in the same JSON shape."""
+    if exc.response is not None:
+        # The exception carries its finished answer (the rate limiter's 429, already in
+        # this shape with Retry-After): send it as it is.
+        return exc.response
     code = (exc.name or "error").lower().replace(" ", "_")
     error = ApiError(exc.code or 500, code, exc.description or exc.name or "Error")
     response = error_response(error)
