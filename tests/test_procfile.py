@@ -90,7 +90,8 @@ def test_procfile_release_then_four_workers_race_a_ten_request_grant(pg_url, key
         one = new_grant(1)
         first = http.post("/api/v1/chat/completions", headers=headers(one), json=chat_body())
         assert first.status_code == 200, first.text
-        assert first.json()["choices"][0]["message"]["content"].startswith("# Hi")
+        assert first.json()["choices"][0]["message"]["content"]
+        assert first.json()["usage"]["completion_tokens"] > 0
         assert first.headers["x-wattfare-grant-remaining"] == "0"
         again = http.post("/api/v1/chat/completions", headers=headers(one), json=chat_body())
         assert again.status_code == 402
