@@ -17,7 +17,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, g, jsonify, request, stream_with_context
 from werkzeug.exceptions import HTTPException
 
-from . import grants
+from . import grants, idempotency
 from .apps import app_for_secret_key
 from .errors import ApiError, error_response, grant_invalid, http_error_response, invalid_request
 from .models import App
@@ -184,7 +184,12 @@ def chat_completions() -> Response:
     started = time.perf_counter()
     app = authenticate_app()
     token = grant_token_header()
-    call = parse_chat_request(json_body())
+    payload = json_body()
+    call = parse_chat_request(payload)
+    idem = idempotency.from_request(app.id, token, payload)
+    if (replay := idem.replay()) is not None:
+        _outcome("replayed")
+        return replay
     route = registry().route(call.model)
     chat = ChatRequest(
         model=route.model,
@@ -193,16 +198,19 @@ def chat_completions() -> Response:
         options=call.options,
     )
     prompt_tokens = route.provider.prompt_tokens_upper_bound(chat)
-    reservation = grants.reserve(
-        app.id,
-        token,
-        model=route.model,
-        price=route.price,
-        prompt_tokens=prompt_tokens,
-        max_tokens=chat.max_tokens,
-        hold_ttl=current_app.config["WATTFARE_HOLD_TTL"],
-        stream=call.stream,
-    )
+    with idem.claim():
+        reservation = grants.reserve(
+            app.id,
+            token,
+            model=route.model,
+            price=route.price,
+            prompt_tokens=prompt_tokens,
+            max_tokens=chat.max_tokens,
+            hold_ttl=current_app.config["WATTFARE_HOLD_TTL"],
+            stream=call.stream,
+            idempotency_key=idem.key,
+            request_fingerprint=idem.fingerprint,
+        )
     chat = replace(chat, max_tokens=reservation.max_tokens)
     if call.stream:
         return _stream(call, route, chat, reservation, prompt_tokens, started)
@@ -215,17 +223,18 @@ def chat_completions() -> Response:
     except BaseException:
         grants.release(reservation, error="internal", duration_ms=_elapsed_ms(started))
         raise
-    body = _completion_body(call, completion)
+    response = jsonify(_completion_body(call, completion))
     balance = grants.settle(
         reservation,
         prompt_tokens=completion.prompt_tokens,
         completion_tokens=completion.completion_tokens,
         price=route.price,
         duration_ms=_elapsed_ms(started),
+        response_body=idem.stored(response),
     )
     _outcome("settled")
-    response = jsonify(body)
     response.headers.update(balance_headers(balance))
+    idem.remember(reservation.usage_id, response)
     return response
 
 
