@@ -1,4 +1,4 @@
-"""Inputs Schemathesis found when fuzzing /api/v1, kept as plain regression tests.
+"""Inputs Schemathesis found (tests/test_schemathesis.py), kept as plain regression tests.
 
 Each was answered 500, or accepted although the OpenAPI document says it is invalid; each
 is now a 400 naming the field, and charges nothing.
@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import chat_body
+from tests.helpers import chat_body, mint_session
+from tests.openapi_check import check_response
 
 URL = "/api/v1/chat/completions"
 
@@ -42,6 +43,7 @@ def test_refused_with_400_naming_the_field(
     response = client.post(URL, json=body, headers=api_headers(grant))
     assert response.status_code == 400
     assert response.get_json()["error"]["param"] == param
+    check_response("POST", URL, response)
     # Nothing was used: the one request is still there.
     assert client.post(URL, json=chat_body(), headers=api_headers(grant)).status_code == 200
 
@@ -55,3 +57,15 @@ def test_valid_variants_still_pass(client, make_grant, api_headers) -> None:
     ):
         response = client.post(URL, json=body, headers=api_headers(make_grant(1)))
         assert response.status_code == 200, response.get_json()
+
+
+def test_an_unknown_field_named_empty_string_is_named(client, secret_key) -> None:
+    # param "" used to be dropped from the error (falsy), breaking the documented shape.
+    response = client.post(
+        "/api/v1/grants",
+        json={"": []},
+        headers={"Authorization": f"Bearer {mint_session(secret_key)}"},
+    )
+    assert response.status_code == 400
+    assert response.get_json()["error"]["param"] == ""
+    check_response("POST", "/api/v1/grants", response)

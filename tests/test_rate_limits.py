@@ -16,6 +16,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from tests.helpers import ORIGIN, chat_body, mint_session
+from tests.openapi_check import check_response
 from wattfare_demo import create_app
 from wattfare_demo.config import load_settings
 from wattfare_demo.engine.apps import create_app_record
@@ -76,6 +77,7 @@ def assert_rate_limited(response: Any, url: str) -> None:
     error = response.get_json()["error"]
     assert (error["code"], error["type"]) == ("rate_limited", "rate_limit_error")
     assert f"Retry in {retry_after} second" in error["message"]
+    check_response("POST", url, response)  # as the OpenAPI document describes it
 
 
 def other_app_key(app: Flask) -> str:

@@ -13,7 +13,7 @@ from sqlalchemy import inspect
 from werkzeug.exceptions import HTTPException
 
 from ..extensions import db
-from . import api, consent
+from . import api, consent, openapi
 from .apps import KeyConfigError, ensure_app
 from .errors import http_error_response
 from .providers import ProviderRegistry
@@ -28,6 +28,7 @@ def init_engine(app: Flask) -> None:
     app.extensions["wattfare_providers"] = ProviderRegistry(app.config)
     app.register_blueprint(api.bp)
     app.register_blueprint(consent.bp)
+    app.register_blueprint(openapi.bp)
     # Unmatched URLs never reach a blueprint's handlers: answer them here, in JSON
     # under /api/v1 and as usual elsewhere.
     for code in (404, 405):

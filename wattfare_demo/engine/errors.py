@@ -46,7 +46,7 @@ class ApiError(Exception):
         error: dict[str, Any] = {"code": self.code, "type": self.type, "message": self.message}
         if self.reason:
             error["reason"] = self.reason
-        if self.param:
+        if self.param is not None:  # "" is a field name too: {"": 1} is an unknown field ""
             error["param"] = self.param
         return {"error": error}
 
