@@ -19,6 +19,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import dev_keys, health, request_log
 from .config import DEV_SECRET_KEY, load_settings
+from .converter.routes import bp as converter_bp
 from .engine import ensure_configured_app, init_engine
 from .extensions import db, migrate
 
@@ -56,6 +57,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     request_log.init_app(app)
     app.register_blueprint(health.bp)
     init_engine(app)
+    app.register_blueprint(converter_bp)  # the demo: pages, /api/wattfare-token, /api/convert
     try:
         ensure_configured_app(app)
     except OperationalError as exc:

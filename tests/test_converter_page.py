@@ -1,0 +1,158 @@
+"""The converter page as served: what it contains, its headers, and the demo/engine seam."""
+
+from __future__ import annotations
+
+import ast
+import re
+from decimal import Decimal
+from pathlib import Path
+
+from flask import Flask
+from flask.testing import FlaskClient
+
+from wattfare_demo.converter import render
+
+CONVERTER = Path(__file__).resolve().parent.parent / "wattfare_demo" / "converter"
+
+
+def test_page_has_the_form_and_its_configuration(client: FlaskClient, app: Flask) -> None:
+    response = client.get("/")
+
+    assert response.status_code == 200
+    page = response.get_data(as_text=True)
+    button = re.search(r'<button type="submit"[^>]*>(.*?)</button>', page, re.S)
+    assert button is not None
+    assert re.sub(r"<[^>]+>", "", button[1]).strip() == "Convert with AI"  # its accessible name
+    assert 'hx-post="/api/convert"' in page
+    assert 'hx-ext="wattfare-grant"' in page
+    assert 'hx-encoding="multipart/form-data"' in page
+    assert f'data-wattfare-publishable-key="{app.config["WATTFARE_PUBLISHABLE_KEY"]}"' in page
+    assert 'data-wattfare-session="/api/wattfare-token"' in page
+    assert 'accept=".txt,.md,.markdown,.html,.htm,.csv,.tsv,.json,.docx,.pdf"' in page
+    assert f'data-max-bytes="{2 * 1024 * 1024}"' in page
+    assert '<option value="1" selected>1 conversion</option>' in page
+    assert '<option value="5">5 conversions</option>' in page
+    assert 'name="maxUsd"' in page
+
+
+def test_page_runs_no_inline_script(client: FlaskClient) -> None:
+    page = client.get("/").get_data(as_text=True)
+
+    scripts = re.findall(r"<script\b[^>]*>", page)
+    assert len(scripts) == 3
+    assert all(" src=" in tag for tag in scripts)
+    assert "/static/vendor/htmx-2.0.11/htmx.min.js" in page
+    assert re.search(r"\son[a-z]+=", page) is None  # no inline event handlers
+    assert "hx-on" not in page
+
+
+def test_vendored_files_are_served(client: FlaskClient) -> None:
+    for path in (
+        "/static/vendor/htmx-2.0.11/htmx.min.js",
+        "/static/app.js",
+        "/static/css/app.css",
+        "/static/favicon.svg",
+    ):
+        response = client.get(path)
+        assert response.status_code == 200, path
+        response.close()
+
+
+def test_security_headers(client: FlaskClient) -> None:
+    headers = client.get("/").headers
+
+    csp = headers["Content-Security-Policy"]
+    assert "script-src 'self';" in csp
+    assert "unsafe-inline" not in csp and "unsafe-eval" not in csp
+    assert "frame-ancestors 'none'" in csp
+    assert "object-src 'none'" in csp
+    assert headers["Cross-Origin-Opener-Policy"] == "same-origin-allow-popups"
+    assert headers["X-Content-Type-Options"] == "nosniff"
+    assert headers["X-Frame-Options"] == "DENY"
+    assert headers["Referrer-Policy"] == "strict-origin-when-cross-origin"
+
+
+def test_api_answers_carry_the_same_headers(client: FlaskClient) -> None:
+    response = client.post("/api/wattfare-token")
+
+    assert response.headers["Cross-Origin-Opener-Policy"] == "same-origin-allow-popups"
+    assert "Content-Security-Policy" in response.headers
+
+
+def test_converter_reaches_the_engine_only_through_the_sdk() -> None:
+    """The seam (DESIGN.md): no module of the demo imports wattfare_demo.engine."""
+    imported: set[str] = set()
+    for path in CONVERTER.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                imported.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                module = node.module or ""
+                imported.add("." * node.level + module)
+    assert "..sdk" in imported  # the walk found the SDK import
+    assert not [name for name in imported if "engine" in name]
+
+
+# --- the preview's sanitiser ------------------------------------------------------------
+
+
+def test_preview_renders_markdown() -> None:
+    html = render.render_preview("# T\n\n- a\n- b\n\n| x | y |\n|---|---|\n| 1 | 2 |\n")
+
+    assert "<h1>T</h1>" in html
+    assert "<li>a</li>" in html
+    assert "<th>x</th>" in html and "<td>2</td>" in html
+
+
+def test_preview_lets_nothing_run() -> None:
+    hostile = "\n\n".join(
+        [
+            "<script>window.pwned = 1</script>",
+            '<img src="x" onerror="window.pwned = 1">',
+            '<a href="https://ok.example" onclick="window.pwned = 1">x</a>',
+            "[js](javascript:window.pwned=1)",
+            "[data](data:text/html,<script>alert(1)</script>)",
+            "![pic](javascript:alert(1))",
+            '<iframe src="https://evil.example"></iframe>',
+            "<style>body{display:none}</style>",
+            '<form action="https://evil.example"><button>go</button></form>',
+        ]
+    )
+
+    html = render.render_preview(hostile)
+
+    assert "<script" not in html
+    assert "<iframe" not in html and "<style" not in html and "<form" not in html
+    assert re.search(r"<[a-z][^>]*\son[a-z]+\s*=", html) is None
+    assert "javascript:" not in re.sub(r">[^<]*<", "><", html)  # not in any attribute
+    assert 'href="data:' not in html
+
+
+def test_preview_links_do_not_leak_the_opener() -> None:
+    html = render.render_preview("[site](https://example.com)")
+
+    assert 'rel="noopener noreferrer nofollow"' in html
+
+
+def test_download_helpers() -> None:
+    assert render.download_name("Q3 report.final.html") == "Q3 report.final.md"
+    assert render.download_name("noextension") == "noextension.md"
+    assert render.download_name("../../etc/passwd") == "passwd.md"
+    assert render.download_name('a"b<c>.csv') == "a_b_c_.md"
+    assert render.download_name("...") == "converted.md"
+    assert render.download_url("# Hi ✓").startswith("data:text/markdown;charset=utf-8;base64,")
+
+
+def test_format_usd_never_rounds_up() -> None:
+    assert render.format_usd(Decimal("0.49998")) == "$0.4999"
+    assert render.format_usd(Decimal("0.5")) == "$0.50"
+    assert render.format_usd(Decimal("3")) == "$3.00"
+    assert render.format_usd(Decimal("0")) == "$0.00"
+    assert render.format_usd(0.125) == "$0.125"
+
+
+def test_human_size() -> None:
+    assert render.human_size(1) == "1 byte"
+    assert render.human_size(512) == "512 bytes"
+    assert render.human_size(1536) == "1.5 KB"
+    assert render.human_size(2 * 1024 * 1024) == "2 MB"
