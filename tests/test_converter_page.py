@@ -28,11 +28,19 @@ def test_page_has_the_form_and_its_configuration(client: FlaskClient, app: Flask
     assert 'hx-encoding="multipart/form-data"' in page
     assert f'data-wattfare-publishable-key="{app.config["WATTFARE_PUBLISHABLE_KEY"]}"' in page
     assert 'data-wattfare-session="/api/wattfare-token"' in page
+    assert "data-wattfare-base-url" not in page  # the embedded engine: this origin
     assert 'accept=".txt,.md,.markdown,.html,.htm,.csv,.tsv,.json,.docx,.pdf"' in page
     assert f'data-max-bytes="{2 * 1024 * 1024}"' in page
     assert '<option value="1" selected>1 conversion</option>' in page
     assert '<option value="5">5 conversions</option>' in page
     assert 'name="maxUsd"' in page
+
+
+def test_a_separate_engine_is_named_to_the_page(app: Flask) -> None:
+    app.config["WATTFARE_API_URL"] = "https://engine.example"
+    response = app.test_client().get("/")
+
+    assert 'data-wattfare-base-url="https://engine.example"' in response.get_data(as_text=True)
 
 
 def test_page_runs_no_inline_script(client: FlaskClient) -> None:

@@ -33,12 +33,12 @@ MAX_REQUESTS_PER_GRANT = 5  # the page offers 1…5 conversions per approval
 
 @bp.after_request
 def security_headers(response: Response) -> Response:
-    engine = current_app.config.get("WATTFARE_API_URL")
-    connect = "'self'" + (f" {engine}" if engine else "")
+    # Scripts, styles and images from this origin only: nothing inline, nothing from an
+    # uploaded file. The popup is another window, so a separate engine needs no entry here.
     response.headers.setdefault(
         "Content-Security-Policy",
         "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; "
-        f"connect-src {connect}; form-action 'self'; frame-ancestors 'none'; "
+        "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; "
         "base-uri 'none'; object-src 'none'",
     )
     # The consent popup must be able to post its answer back to this window.
@@ -68,7 +68,8 @@ def index() -> str:
     return render_template(
         "index.html",
         publishable_key=current_app.config["WATTFARE_PUBLISHABLE_KEY"],
-        engine_url=current_app.config.get("WATTFARE_API_URL") or request.host_url.rstrip("/"),
+        # The engine's origin for the popup; unset, wattfare.js uses this page's origin.
+        engine_url=current_app.config.get("WATTFARE_API_URL"),
         accept=",".join(SUPPORTED),
         max_upload_bytes=MAX_UPLOAD_BYTES,
         max_requests=MAX_REQUESTS_PER_GRANT,
