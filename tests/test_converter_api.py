@@ -241,6 +241,18 @@ def test_malformed_json_is_400(client: FlaskClient, body: Any) -> None:
     assert response.get_json()["error"] in {"invalid_json", "file_required"}
 
 
+@pytest.mark.parametrize(
+    "raw",
+    ['{"grantToken": "wfg_x", "file": "\\ud800"}',
+     '{"grantToken": "wfg_x", "file": {"name": "a.txt", "content": "x\\udfff"}}'],
+)  # fmt: skip
+def test_text_that_is_not_unicode_is_400(client: FlaskClient, raw: str) -> None:
+    response = client.post("/api/convert", data=raw, content_type="application/json")
+
+    assert response.status_code == 400
+    assert response.get_json()["error"] == "invalid_json"
+
+
 def test_body_that_is_not_json_is_400(client: FlaskClient) -> None:
     response = client.post("/api/convert", data="{nope", content_type="application/json")
 

@@ -81,7 +81,7 @@ def test_csv_file_comes_back_as_a_markdown_table(converter: ConverterPage) -> No
     converter.choose_file("cities.csv", CITIES_CSV)
 
     popup = converter.convert_expecting_popup()
-    popup.approve()
+    popup.approve_with_keyboard()  # Tab to Approve, Enter
 
     converter.expect_result("cities.md", remaining=0)
     table = converter.preview.get_by_role("table")

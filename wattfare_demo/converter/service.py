@@ -129,7 +129,7 @@ def upload_from_json(body: Any) -> tuple[Upload, str | None]:
         raise ConverterError(400, "invalid_json", "grantToken must be a string.")
     file = body.get("file")
     if isinstance(file, str):
-        return Upload("document.txt", file.encode("utf-8"), "text/plain"), token
+        return Upload("document.txt", _utf8(file), "text/plain"), token
     if not isinstance(file, dict):
         raise ConverterError(
             400,
@@ -147,10 +147,19 @@ def upload_from_json(body: Any) -> tuple[Upload, str | None]:
         except (binascii.Error, ValueError):
             raise ConverterError(400, "invalid_json", "file.content is not valid base64.") from None
     elif encoding in ("utf-8", "utf8", "text"):
-        data = content.encode("utf-8")
+        data = _utf8(content)
     else:
         raise ConverterError(400, "invalid_json", 'file.encoding must be "utf-8" or "base64".')
     return Upload(name, data, None), token
+
+
+def _utf8(text: str) -> bytes:
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:  # JSON can carry lone surrogates (\ud800); text cannot
+        raise ConverterError(
+            400, "invalid_json", "The file's content is not valid Unicode text."
+        ) from None
 
 
 def convert(upload: Upload, grant_token: str | None) -> Conversion:
