@@ -160,7 +160,7 @@ def test_a_stream_is_logged_when_it_ends(client, make_grant, api_headers, capsys
     assert request_lines(capsys.readouterr().out) == []  # still open
     response.close()  # what the WSGI server does after the last chunk
     (line,) = request_lines(capsys.readouterr().out)
-    assert (fields(line)["status"], fields(line)["outcome"]) == ("200", "stream")
+    assert (fields(line)["status"], fields(line)["outcome"]) == ("200", "settled:stream")
 
 
 @pytest.mark.parametrize("backend", ["sqlite"])

@@ -327,6 +327,7 @@ def _stream(
                 duration_ms=_elapsed_ms(started),
             )
             settled = True
+            _outcome("settled:stream")
             yield chunk({}, finish)
             usage = {
                 "prompt_tokens": used_prompt,
@@ -357,6 +358,7 @@ def _stream(
         except ProviderError as exc:
             grants.release(reservation, error=exc.kind, duration_ms=_elapsed_ms(started))
             settled = True
+            _outcome(f"released:{exc.kind}")
             yield _sse(upstream_error(exc).body())
             yield _sse("[DONE]")
         except GeneratorExit:
@@ -365,6 +367,7 @@ def _stream(
                 grants.release(
                     reservation, error="client_disconnected", duration_ms=_elapsed_ms(started)
                 )
+                _outcome("released:client_disconnected")
             elif not settled:
                 # The client went away: charge what was generated, which the
                 # provider bills too.
@@ -376,6 +379,7 @@ def _stream(
                     duration_ms=_elapsed_ms(started),
                     error="client_disconnected",
                 )
+                _outcome("settled:client_disconnected")
                 log.info("client left mid-stream: usage %s", reservation.usage_id)
             raise
         except BaseException:
@@ -385,7 +389,7 @@ def _stream(
 
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     headers.update(balance_headers(reservation.balance))
-    _outcome("stream")
+    _outcome("streaming")  # replaced by the final outcome when the stream ends
     return Response(stream_with_context(events()), mimetype="text/event-stream", headers=headers)
 
 
