@@ -104,6 +104,8 @@ def load_settings(environ: Mapping[str, str], instance_path: str) -> dict[str, A
         "WATTFARE_ALLOWED_ORIGINS": _list(environ.get("WATTFARE_ALLOWED_ORIGINS")),
         "WATTFARE_API_URL": (environ.get("WATTFARE_API_URL") or "").rstrip("/") or None,
         "WATTFARE_MODEL": environ.get("WATTFARE_MODEL", "local/markdown"),
+        # The name visitors see in the consent popup for the demo's own app.
+        "WATTFARE_APP_NAME": environ.get("WATTFARE_APP_NAME", "File converter demo"),
         "WATTFARE_UPSTREAM_URL": upstream_url.rstrip("/") if upstream_url else None,
         "WATTFARE_UPSTREAM_API_KEY": upstream_key or None,
         "WATTFARE_UPSTREAM_TIMEOUT": float(environ.get("WATTFARE_UPSTREAM_TIMEOUT", "60")),

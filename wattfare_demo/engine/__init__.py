@@ -62,7 +62,7 @@ def ensure_configured_app(app: Flask) -> None:
             ensure_app(
                 pk,
                 sk,
-                name=app.config.get("WATTFARE_APP_NAME", "File converter demo"),
+                name=app.config["WATTFARE_APP_NAME"],
                 origins=app.config["WATTFARE_ALLOWED_ORIGINS"],
                 flask_secret=app.config["SECRET_KEY"],
                 auto_approve=app.config["WATTFARE_AUTO_APPROVE"],
