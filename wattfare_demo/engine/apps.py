@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError
 
 from ..extensions import db
@@ -78,10 +78,15 @@ def create_app_record(
     return CreatedApp(app, secret_key)
 
 
+# Every metered call looks its app up by key hash: the statement is built once, so
+# SQLAlchemy derives its cache key once instead of on every call.
+_APP_BY_SECRET_HASH = select(App).where(App.secret_hash == bindparam("p_secret_hash"))
+
+
 def app_for_secret_key(secret_key: str) -> App | None:
     if parse_secret_key(secret_key) is None:
         return None
-    return db.session.scalar(select(App).where(App.secret_hash == sha256_hex(secret_key)))
+    return db.session.scalar(_APP_BY_SECRET_HASH, {"p_secret_hash": sha256_hex(secret_key)})
 
 
 def app_for_publishable_key(publishable_key: str) -> App | None:

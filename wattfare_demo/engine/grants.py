@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import BigInteger, bindparam, or_, select, update
 
 from ..extensions import db
 from .clock import db_now
@@ -82,6 +82,93 @@ def create_grant(
     return NewGrant(token=token, expires_at=row.expires_at, requests=requests)
 
 
+_grants = Grant.__table__
+_usage = Usage.__table__
+
+# The hot path's statements are built once, here, with bind parameters. Building a
+# statement per call and letting SQLAlchemy derive its cache key each time cost more
+# than running it (about 0.3 ms a statement on SQLite); a module-level statement
+# derives its key once. They are Core statements on the tables, executed with
+# `_execute`, which skips the ORM's bulk-UPDATE machinery (no objects are loaded, so
+# there is nothing in the session to synchronise). The SQL is exactly what the ORM
+# built before: one conditional UPDATE … RETURNING reserves.
+_BALANCE = (
+    _grants.c.id,
+    _grants.c.requests,
+    _grants.c.used,
+    _grants.c.reserved,
+    _grants.c.max_pusd,
+    _grants.c.spent_pusd,
+    _grants.c.held_pusd,
+)
+_hold = bindparam("p_hold", type_=BigInteger)
+_RESERVE = (
+    _grants.update()
+    .where(
+        _grants.c.token_hash == bindparam("p_token_hash"),
+        _grants.c.app_id == bindparam("p_app_id"),
+        _grants.c.revoked_at.is_(None),
+        _grants.c.expires_at > db_now(),
+        _grants.c.used + _grants.c.reserved < _grants.c.requests,
+        or_(
+            _grants.c.max_pusd.is_(None),
+            _grants.c.spent_pusd + _grants.c.held_pusd + _hold <= _grants.c.max_pusd,
+        ),
+    )
+    .values(reserved=_grants.c.reserved + 1, held_pusd=_grants.c.held_pusd + _hold)
+    .returning(*_BALANCE)
+)
+_OPEN_USAGE = (
+    _usage.insert()
+    .values(
+        grant_id=bindparam("p_grant_id"),
+        app_id=bindparam("p_app_id"),
+        model=bindparam("p_model"),
+        status="pending",
+        stream=bindparam("p_stream"),
+        prompt_tokens=0,
+        completion_tokens=0,
+        hold_pusd=_hold,
+        cost_pusd=0,
+        hold_expires_at=db_now() + bindparam("p_hold_ttl", type_=BigInteger),
+        idempotency_key=bindparam("p_idempotency_key"),
+        request_fingerprint=bindparam("p_request_fingerprint"),
+    )
+    .returning(_usage.c.id)
+)
+_CLAIM_SETTLE = (
+    _usage.update()
+    .where(_usage.c.id == bindparam("p_usage_id"), _usage.c.status == "pending")
+    .values(
+        status="ok",
+        prompt_tokens=bindparam("p_prompt_tokens"),
+        completion_tokens=bindparam("p_completion_tokens"),
+        cost_pusd=bindparam("p_cost", type_=BigInteger),
+        error=bindparam("p_error"),
+        finished_at=db_now(),
+        duration_ms=bindparam("p_duration_ms"),
+        response_body=bindparam("p_response_body"),
+    )
+    .returning(_usage.c.id)
+)
+_CHARGE = (
+    _grants.update()
+    .where(_grants.c.id == bindparam("p_grant_id"))
+    .values(
+        reserved=_grants.c.reserved - 1,
+        used=_grants.c.used + 1,
+        held_pusd=_grants.c.held_pusd - _hold,
+        spent_pusd=_grants.c.spent_pusd + bindparam("p_cost", type_=BigInteger),
+    )
+    .returning(*_BALANCE)
+)
+
+
+def _execute(statement, **params):
+    """Run a prebuilt Core statement in the session's transaction."""
+    return db.session.execute(statement, params)
+
+
 def _returning_balance():
     return (
         Grant.id,
@@ -120,41 +207,20 @@ def reserve(
     tokens = max_tokens
     for _ in range(_RESERVE_ATTEMPTS):
         hold = price.cost_pusd(prompt_tokens, tokens)
-        row = db.session.execute(
-            update(Grant)
-            .where(
-                Grant.token_hash == token_hash,
-                Grant.app_id == app_id,
-                Grant.revoked_at.is_(None),
-                Grant.expires_at > db_now(),
-                Grant.used + Grant.reserved < Grant.requests,
-                or_(
-                    Grant.max_pusd.is_(None),
-                    Grant.spent_pusd + Grant.held_pusd + hold <= Grant.max_pusd,
-                ),
-            )
-            .values(reserved=Grant.reserved + 1, held_pusd=Grant.held_pusd + hold)
-            .returning(*_returning_balance()),
-            execution_options={"synchronize_session": False},
+        row = _execute(
+            _RESERVE, p_token_hash=token_hash, p_app_id=app_id, p_hold=hold
         ).one_or_none()
         if row is not None:
-            usage_id = db.session.execute(
-                Usage.__table__.insert()
-                .values(
-                    grant_id=row.id,
-                    app_id=app_id,
-                    model=model,
-                    status="pending",
-                    stream=stream,
-                    prompt_tokens=0,
-                    completion_tokens=0,
-                    hold_pusd=hold,
-                    cost_pusd=0,
-                    hold_expires_at=db_now() + hold_ttl,
-                    idempotency_key=idempotency_key,
-                    request_fingerprint=request_fingerprint,
-                )
-                .returning(Usage.__table__.c.id)
+            usage_id = _execute(
+                _OPEN_USAGE,
+                p_grant_id=row.id,
+                p_app_id=app_id,
+                p_model=model,
+                p_stream=stream,
+                p_hold=hold,
+                p_hold_ttl=hold_ttl,
+                p_idempotency_key=idempotency_key,
+                p_request_fingerprint=request_fingerprint,
             ).scalar_one()
             db.session.commit()
             return Reservation(usage_id, row.id, hold, tokens, _balance(row))
@@ -205,21 +271,15 @@ def settle(
 ) -> GrantBalance:
     """Charge a successful call: one request and its real cost, never above its hold."""
     cost = min(price.cost_pusd(prompt_tokens, completion_tokens), reservation.hold_pusd)
-    claimed = db.session.execute(
-        update(Usage)
-        .where(Usage.id == reservation.usage_id, Usage.status == "pending")
-        .values(
-            status="ok",
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
-            cost_pusd=cost,
-            error=error,
-            finished_at=db_now(),
-            duration_ms=duration_ms,
-            response_body=response_body,
-        )
-        .returning(Usage.id),
-        execution_options={"synchronize_session": False},
+    claimed = _execute(
+        _CLAIM_SETTLE,
+        p_usage_id=reservation.usage_id,
+        p_prompt_tokens=prompt_tokens,
+        p_completion_tokens=completion_tokens,
+        p_cost=cost,
+        p_error=error,
+        p_duration_ms=duration_ms,
+        p_response_body=response_body,
     ).one_or_none()
     if claimed is None:
         # The sweeper released this hold (the call outlived WATTFARE_HOLD_TTL): the
@@ -227,17 +287,8 @@ def settle(
         db.session.rollback()
         log.warning("usage %s settled after its hold expired; not charged", reservation.usage_id)
         return current_balance(reservation.grant_id)
-    row = db.session.execute(
-        update(Grant)
-        .where(Grant.id == reservation.grant_id)
-        .values(
-            reserved=Grant.reserved - 1,
-            used=Grant.used + 1,
-            held_pusd=Grant.held_pusd - reservation.hold_pusd,
-            spent_pusd=Grant.spent_pusd + cost,
-        )
-        .returning(*_returning_balance()),
-        execution_options={"synchronize_session": False},
+    row = _execute(
+        _CHARGE, p_grant_id=reservation.grant_id, p_hold=reservation.hold_pusd, p_cost=cost
     ).one()
     db.session.commit()
     return _balance(row)
