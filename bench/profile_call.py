@@ -1,6 +1,7 @@
 """Profile the metered call in-process (no HTTP server): where do its milliseconds go?
 
     .venv/bin/python bench/profile_call.py [--calls 2000] [--database-url URL] [--top 40]
+    .venv/bin/python bench/profile_call.py --time     # no profiler: median ms, metered vs bare
 
 Builds the real app on a fresh SQLite file (or the given database, whose tables it
 drops and re-creates), makes grants with the engine's own service function, then runs
@@ -14,14 +15,19 @@ from __future__ import annotations
 import argparse
 import cProfile
 import pstats
+import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+
+from flask.testing import FlaskClient
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.bare_app import bare  # noqa: E402
 from bench.run import METERED_BODY, ORIGIN  # noqa: E402
 from wattfare_demo import create_app  # noqa: E402
 from wattfare_demo.config import engine_options  # noqa: E402
@@ -37,6 +43,7 @@ def main() -> None:
     parser.add_argument("--database-url", default=None)
     parser.add_argument("--top", type=int, default=40)
     parser.add_argument("--sort", default="cumulative")
+    parser.add_argument("--time", action="store_true", help="time, don't profile")
     args = parser.parse_args()
     url = args.database_url or f"sqlite:///{tempfile.mkdtemp()}/profile.db"
     app_id = new_app_id()
@@ -58,6 +65,7 @@ def main() -> None:
         db.drop_all()
         db.create_all()
     ensure_configured_app(app)
+    app.register_blueprint(bare)
     warm = 200
     with app.app_context():
         record = app_for_secret_key(secret_key)
@@ -83,6 +91,9 @@ def main() -> None:
 
     for i in range(warm):
         call(i)
+    if args.time:
+        time_calls(client, call, warm, args.calls)
+        return
     profiler = cProfile.Profile()
     started = time.perf_counter()
     profiler.enable()
@@ -92,6 +103,20 @@ def main() -> None:
     elapsed = time.perf_counter() - started
     print(f"{args.calls} calls, {elapsed / args.calls * 1000:.3f} ms per call under cProfile")
     pstats.Stats(profiler).sort_stats(args.sort).print_stats(args.top)
+
+
+def time_calls(client: FlaskClient, call: Callable[[int], None], first: int, calls: int) -> None:
+    """Median wall time of a metered call and of the bare route, in this process."""
+    metered, bare_times = [], []
+    for i in range(first, first + calls):
+        started = time.perf_counter()
+        call(i)
+        metered.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        client.post("/bench/bare", json=METERED_BODY)
+        bare_times.append(time.perf_counter() - started)
+    m, b = statistics.median(metered) * 1000, statistics.median(bare_times) * 1000
+    print(f"median ms: metered {m:.3f}, bare {b:.3f}, engine's own cost {m - b:.3f}")
 
 
 if __name__ == "__main__":

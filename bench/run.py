@@ -66,7 +66,8 @@ METERED_BODY = {
     "model": "local/markdown",
     "messages": [{"role": "user", "content": f"Convert this document to markdown:\n\n{SMALL_DOC}"}],
 }
-# Production turns the rate limits on; a benchmark measures the engine, not the limiter.
+# Production turns the rate limits on; a benchmark measures the engine, not the limiter
+# (config.py, rate_limit_settings: either switch turns them off).
 RATE_LIMITS_OFF = {"WATTFARE_RATE_LIMITS": "off", "RATELIMIT_ENABLED": "false"}
 
 
@@ -111,7 +112,9 @@ def gunicorn_command(port: int) -> list[str]:
             name, _, command = line.partition(":")
             if name.strip() == "web" and "app:app" in command:
                 command = re.sub(r"(?<![\w.])app:app\b", "bench.bare_app:app", command.strip())
-                return ["bash", "-c", f"exec {command}"]
+                # `VAR=value gunicorn …` is shell syntax: let bash run it (bash execs
+                # a lone command, so gunicorn still leads the process group).
+                return ["bash", "-c", command]
     # No Procfile yet: what it is meant to run, two workers of four threads.
     return [
         "gunicorn",
