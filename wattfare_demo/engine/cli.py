@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 from flask import Flask, current_app
+from flask.cli import AppGroup
 from sqlalchemy import select
 
 from ..extensions import db
@@ -11,7 +12,9 @@ from . import grants
 from .apps import add_origin, create_app_record, normalise_origin, remove_origin
 from .models import App
 
-group = click.Group("wattfare", help="Manage the embedded Wattfare engine's apps.")
+# An AppGroup runs each command inside the app context: under `flask`, and under
+# `app.test_cli_runner()` too, which (unlike the `flask` command) does not push one itself.
+group = AppGroup("wattfare", help="Manage the embedded Wattfare engine's apps.")
 
 
 def _origin(value: str) -> str:

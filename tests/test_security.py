@@ -1,0 +1,436 @@
+"""Hostile input and secrets: what the engine never stores, never logs, and never 500s on.
+
+- After a full flow (grants, calls that succeed, fail upstream, are refused, streams,
+  an idempotent retry, a client that leaves, a sweep), no grant token, secret key,
+  session JWT or upstream key is anywhere in the database (every column of every
+  table) or in the logs (every logger at DEBUG, SQL parameters included, and stdout).
+- A non-ASCII, binary or huge Authorization / x-wattfare-grant header is a 401 (or a
+  402 for a grant nobody has), never a 500, in process and through a real HTTP server
+  (which may itself answer 431 to a header too large to read).
+- A grant cannot be created by a cross-site request: no cookie is a credential, form
+  and text/plain bodies are refused, and no CORS header invites a browser to send one.
+- Every /api/v1 route answers hostile bodies (deep nesting, huge numbers, wrong types,
+  odd unicode, invalid UTF-8, 3 MB) with a 4xx in the JSON error shape, charging nothing.
+- `flask wattfare sweep` releases stale holds and only those.
+
+Rate limits are on here (generously), so their key functions see the hostile headers too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import func, inspect, select, text
+
+from tests.fake_upstream import ErrorReply, FakeUpstream, Reply, StreamReply
+from tests.helpers import chat_body, mint_session
+from wattfare_demo.engine import grants
+from wattfare_demo.engine.models import Grant, Usage
+from wattfare_demo.engine.pricing import DEFAULT_PRICES
+from wattfare_demo.engine.tokens import new_grant_token, parse_secret_key
+from wattfare_demo.extensions import db
+
+MODEL = "fake/model"
+UPSTREAM_KEY = "sk-or-v1-" + "9f3e" * 16
+
+
+@pytest.fixture
+def upstream() -> Iterator[FakeUpstream]:
+    with FakeUpstream() as fake:
+        yield fake
+
+
+@pytest.fixture
+def app_config(app_config: dict[str, Any], upstream: FakeUpstream) -> dict[str, Any]:
+    return {
+        **app_config,
+        "WATTFARE_UPSTREAM_URL": upstream.url,
+        "WATTFARE_UPSTREAM_API_KEY": UPSTREAM_KEY,
+        "WATTFARE_UPSTREAM_TIMEOUT": 2.0,
+        "WATTFARE_PRICES": {MODEL: {"input": 1, "output": 2}},
+        "RATELIMIT_ENABLED": True,
+        "RATELIMIT_STORAGE_URI": "memory://",
+        "WATTFARE_RATE_LIMIT_GRANTS": "100000/minute",
+        "WATTFARE_RATE_LIMIT_CHAT": "100000/minute",
+        "WATTFARE_RATE_LIMIT_CONSENT": "100000/minute",
+    }
+
+
+def session_headers(secret_key: str, **claims: Any) -> dict[str, str]:
+    return {"Authorization": f"Bearer {mint_session(secret_key, **claims)}"}
+
+
+def app_id_of(secret_key: str) -> str:
+    parsed = parse_secret_key(secret_key)
+    assert parsed is not None
+    return parsed.app_id
+
+
+# --- a full flow, and the secrets it handled ------------------------------------------------
+
+
+def full_flow(app: Flask, client: FlaskClient, secret_key: str, upstream: FakeUpstream) -> list:
+    """Everything a day of traffic does; returns every secret that went over the wire."""
+    sessions = [mint_session(secret_key, sub="user-42"), mint_session(secret_key)]
+    tokens = []
+    for session, body in zip(
+        sessions, [{"requests": 6}, {"requests": 2, "maxUsd": 0.5}], strict=True
+    ):
+        response = client.post(
+            "/api/v1/grants", json=body, headers={"Authorization": f"Bearer {session}"}
+        )
+        assert response.status_code == 200
+        tokens.append(response.get_json()["grantToken"])
+    grant, capped = tokens
+    api = {"Authorization": f"Bearer {secret_key}", "x-wattfare-grant": grant}
+    capped_api = {**api, "x-wattfare-grant": capped}
+
+    def call(headers, body, status, **kwargs):
+        response = client.post("/api/v1/chat/completions", headers=headers, json=body, **kwargs)
+        response.get_data()  # run a stream to its end
+        assert response.status_code == status, response.get_data(as_text=True)[:300]
+        return response
+
+    call(api, chat_body(), 200)
+    call(api, chat_body(stream=True), 200)
+    call(capped_api, chat_body(), 200)
+    assert client.get("/api/v1/grant", headers=api).status_code == 200
+    assert client.get("/api/v1/models", headers=api).status_code == 200
+    # The upstream: a success, an idempotent retry, failures, a reset mid-stream.
+    upstream_body = {**chat_body(), "model": MODEL}
+    upstream.respond(Reply(usage=(5, 5)), ErrorReply(status=500), ErrorReply(status=401))
+    call({**api, "Idempotency-Key": "retry-1"}, upstream_body, 200)
+    call({**api, "Idempotency-Key": "retry-1"}, upstream_body, 200)  # replayed
+    call(api, upstream_body, 502)
+    call(api, upstream_body, 502)
+    upstream.respond(StreamReply(chunks=("a", "b"), reset_after=1))
+    call(api, {**upstream_body, "stream": True}, 200)
+    # A client that leaves a stream after its first chunk.
+    response = client.post(
+        "/api/v1/chat/completions", headers=api, json=chat_body(stream=True), buffered=False
+    )
+    next(iter(response.response))
+    response.close()
+    # Refusals: a used-up grant, a wrong key, a forged grant, bad sessions.
+    call(capped_api, chat_body(), 200)
+    call(capped_api, chat_body(), 402)
+    wrong_key = secret_key[:-8] + "0badc0de"
+    call({**api, "Authorization": f"Bearer {wrong_key}"}, chat_body(), 401)
+    forged = new_grant_token()
+    call({**api, "x-wattfare-grant": forged}, chat_body(), 402)
+    expired = mint_session(secret_key, iat=int(time.time()) - 3600, exp=int(time.time()) - 60)
+    tampered = sessions[0][:-4] + "AAAA"
+    for bad in (expired, tampered):
+        refused = client.post(
+            "/api/v1/grants", json={"requests": 1}, headers={"Authorization": f"Bearer {bad}"}
+        )
+        assert refused.status_code == 401
+    # Secrets pasted into a URL by mistake: a 404, and a log line that masks them.
+    assert client.get(f"/api/v1/grant/{grant}?key={secret_key}").status_code == 404
+    # A crashed worker's hold, released by the sweeper.
+    with app.app_context():
+        grants.reserve(
+            app_id_of(secret_key), grant, model="local/markdown",
+            price=DEFAULT_PRICES["local/markdown"], prompt_tokens=10, max_tokens=10,
+            hold_ttl=-1,
+        )  # fmt: skip
+        db.session.remove()
+    result = app.test_cli_runner().invoke(args=["wattfare", "sweep"])
+    assert "Released 1 stale hold(s)." in result.output
+    return [*tokens, secret_key, *sessions, UPSTREAM_KEY, wrong_key, forged, expired, tampered]
+
+
+def fragments(secret: str) -> list[str]:
+    """The secret, and the parts of it that are secret on their own."""
+    parts = [secret]
+    if secret.startswith("wfg_"):
+        parts.append(secret[4:])
+    elif secret.startswith("sk_"):
+        parts.append(secret.rsplit("_", 1)[1])
+    elif secret.count(".") == 2:  # a JWT: its signature, and the token without it
+        parts += [secret.rsplit(".", 1)[1], secret.rsplit(".", 1)[0]]
+    return parts
+
+
+def dump_database(app: Flask) -> str:
+    """Every value of every column of every table, as text."""
+    lines = []
+    with app.app_context():
+        names = inspect(db.engine).get_table_names()
+        assert {"apps", "grants", "usage"} <= set(names)
+        with db.engine.connect() as conn:
+            for name in names:
+                quoted = db.engine.dialect.identifier_preparer.quote(name)
+                for row in conn.execute(text(f"SELECT * FROM {quoted}")):  # noqa: S608
+                    lines.append(f"{name}: " + " | ".join(map(str, row)))
+        db.session.remove()
+    return "\n".join(lines)
+
+
+def test_no_secret_is_stored_in_the_database(app, client, secret_key, upstream) -> None:
+    secrets = full_flow(app, client, secret_key, upstream)
+    dump = dump_database(app)
+    for secret in secrets:
+        for part in fragments(secret):
+            assert part not in dump, f"{part[:12]}… is stored in plain text"
+    # What is stored instead: hashes (so the dump above did see the rows).
+    assert hashlib.sha256(secrets[0].encode()).hexdigest() in dump
+    assert hashlib.sha256(secret_key.encode()).hexdigest() in dump
+    with app.app_context():
+        statuses = sorted(db.session.scalars(select(Usage.status)))
+        assert statuses.count("pending") == 0
+        db.session.remove()
+
+
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))  # the traceback included, if any
+
+
+@contextmanager
+def every_log_at_debug() -> Iterator[_Collect]:
+    """Every logger at DEBUG into one handler, including those that do not propagate."""
+    collect = _Collect()
+    loggers = [logging.getLogger()] + [
+        logger
+        for logger in logging.root.manager.loggerDict.values()
+        if isinstance(logger, logging.Logger)
+    ]
+    saved = [(logger, logger.level) for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.DEBUG)
+    for logger in loggers:
+        if logger is logging.getLogger() or not logger.propagate:
+            logger.addHandler(collect)
+    try:
+        yield collect
+    finally:
+        for logger, level in saved:
+            logger.setLevel(level)
+            logger.removeHandler(collect)
+
+
+def test_no_secret_is_logged(app, client, secret_key, upstream, capfd) -> None:
+    with every_log_at_debug() as logs:
+        secrets = full_flow(app, client, secret_key, upstream)
+    out, err = capfd.readouterr()
+    logged = "\n".join(logs.lines) + out + err
+    # The SQL went through the log, with its parameters (the hashes), and so did the
+    # request lines and the failures: the capture saw the whole flow.
+    assert "UPDATE grants" in logged or "update grants" in logged.lower()
+    assert "wattfare.request" in logged and "status=502" in logged
+    assert hashlib.sha256(secrets[0].encode()).hexdigest() in logged
+    for secret in secrets:
+        for part in fragments(secret):
+            assert part not in logged, f"{part[:12]}… was logged"
+
+
+# --- hostile headers ---------------------------------------------------------------------------
+
+HUGE = 60_000  # under the 64 KiB line limit of http.server: reaches the app
+ODD_VALUES = [
+    "ünïcödé",
+    "🔑" * 10,
+    "\x00\x01\x7f",
+    "é" * HUGE,
+    "a" * HUGE,
+    "sk_test_0123456789abcdef_" + "é" * 40,
+    "sk_test_" + "a" * 16 + "_" + "0" * 10_000,
+    "wfg_" + "é" * 36,
+    "eyJ" + "é" * 100 + ".eyJ.sig",
+    "e30." * 5000 + "e30",
+    ".".join(["eyJhbGciOiJIUzI1NiJ9", "é" * 20, "x"]),
+]
+
+
+def latin1(value: str) -> str:
+    """A header value as a WSGI server hands it over: its UTF-8 bytes read as latin-1."""
+    return value.encode().decode("latin-1")
+
+
+def _assert_json_error(response, statuses: set[int]) -> None:
+    assert response.status_code in statuses, (response.status_code, response.data[:200])
+    assert response.is_json
+    assert set(response.get_json()["error"]) >= {"code", "message", "type"}
+
+
+@pytest.mark.parametrize("value", ODD_VALUES, ids=range(len(ODD_VALUES)))
+def test_hostile_authorization_headers_are_401(client, make_grant, value) -> None:
+    grant = make_grant(1)
+    for raw in (value, latin1(value)):
+        for scheme in ("Bearer ", "bearer ", ""):
+            auth = {"Authorization": scheme + raw}
+            routes = [
+                ("POST", "/api/v1/grants", {"requests": 1}, {}),
+                ("POST", "/api/v1/chat/completions", chat_body(), {"x-wattfare-grant": grant}),
+                ("GET", "/api/v1/grant", None, {"x-wattfare-grant": grant}),
+                ("GET", "/api/v1/models", None, {}),
+            ]
+            for method, path, body, extra in routes:
+                response = client.open(path, method=method, json=body, headers={**auth, **extra})
+                _assert_json_error(response, {401})
+
+
+@pytest.mark.parametrize("value", ODD_VALUES, ids=range(len(ODD_VALUES)))
+def test_hostile_grant_headers_are_402_or_401(app, client, secret_key, value) -> None:
+    for raw in (value, latin1(value)):
+        for auth, status in ((f"Bearer {secret_key}", 402), ("Bearer nope", 401)):
+            headers = {"Authorization": auth, "x-wattfare-grant": raw}
+            response = client.post("/api/v1/chat/completions", json=chat_body(), headers=headers)
+            _assert_json_error(response, {status, 400} if not raw.strip() else {status})
+            response = client.get("/api/v1/grant", headers=headers)
+            _assert_json_error(response, {status, 400} if not raw.strip() else {status})
+    with app.app_context():
+        assert db.session.scalar(select(func.count()).select_from(Usage)) == 0
+        db.session.remove()
+
+
+def raw_request(url: str, head: bytes, body: bytes = b"") -> tuple[int, dict[str, str], bytes]:
+    """Send bytes as they are (no client library cleans them up); read the answer."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(head + b"\r\n\r\n" + body)
+        sock.shutdown(socket.SHUT_WR)  # all sent: the server reads to the end, then answers
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    status_line, _, rest = data.partition(b"\r\n")
+    header_block, _, payload = rest.partition(b"\r\n\r\n")
+    headers = {}
+    for line in header_block.split(b"\r\n"):
+        name, _, value = line.decode("latin-1").partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return int(status_line.split()[1]), headers, payload
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "ünïcödé".encode(),
+        b"\xff\xfe\xfd\x80",
+        b"\xc3\x28",  # invalid UTF-8
+        b"sk_test_" + "é".encode() * 30,
+        b"a" * HUGE,
+        "é".encode() * (HUGE // 2),
+        b"a" * 70_000,  # past the line limit: the server itself answers 431
+    ],
+    ids=["utf8", "binary", "bad-utf8", "sk-ish", "60k", "60k-utf8", "70k"],
+)
+def test_hostile_headers_over_real_http_are_never_500(live_server, make_grant, value) -> None:
+    grant = make_grant(1).encode()
+    body = json.dumps(chat_body()).encode()
+    for name, extra in ((b"Authorization: Bearer ", b""), (b"x-wattfare-grant: ", b"")):
+        auth = b"" if name.startswith(b"Authorization") else b"Authorization: Bearer x\r\n"
+        for path, method, payload in (
+            (b"/api/v1/chat/completions", b"POST", body),
+            (b"/api/v1/grants", b"POST", b'{"requests": 1}'),
+            (b"/api/v1/grant", b"GET", b""),
+        ):
+            head = (
+                method + b" " + path + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n" + auth
+                + b"x-wattfare-grant: " + grant + b"\r\n"
+                + b"Content-Type: application/json\r\n"
+                + b"Content-Length: " + str(len(payload)).encode() + b"\r\n"
+                + b"Connection: close\r\n" + name + value + extra
+            )  # fmt: skip
+            status, headers, answer = raw_request(live_server.url, head, payload)
+            assert status < 500, (path, status, answer[:200])
+            if len(value) > 65_536:
+                assert status == 431
+            else:
+                assert status == 401, (path, status, answer[:200])
+                assert headers["content-type"] == "application/json"
+                assert json.loads(answer)["error"]["type"] == "authentication_error"
+
+
+# --- cross-site requests ---------------------------------------------------------------------
+
+
+def test_a_grant_cannot_be_created_by_a_cross_site_request(app, client, secret_key) -> None:
+    session = mint_session(secret_key)
+    site = {"Origin": "https://evil.example", "Referer": "https://evil.example/page"}
+    # A browser sends cookies cross-site, never an Authorization header it was not
+    # allowed to: no cookie, whatever its name or value, is a credential here.
+    for name in ("session", "wattfare_session", "Authorization", "token"):
+        client.set_cookie(name, session)
+        client.set_cookie(name, f"Bearer {session}")
+    for body in ({"json": {"requests": 3}}, {"data": "requests=3"}):
+        response = client.post("/api/v1/grants", headers=site, **body)
+        _assert_json_error(response, {401})
+    # The bodies a cross-site form can send without a preflight are refused even with
+    # a valid session token, so a token that leaked into a page is not enough either.
+    auth = {**site, "Authorization": f"Bearer {session}"}
+    for content_type, data in (
+        ("application/x-www-form-urlencoded", "requests=3"),
+        ("multipart/form-data; boundary=x", '--x\r\nContent-Disposition: form-data; name="requests"'
+         "\r\n\r\n3\r\n--x--\r\n"),
+        ("text/plain", '{"requests": 3}'),
+        ("text/plain; charset=utf-8", '{"requests": 3}'),
+    ):  # fmt: skip
+        response = client.post(
+            "/api/v1/grants", data=data, headers={**auth, "Content-Type": content_type}
+        )
+        _assert_json_error(response, {400})
+        assert response.get_json()["error"]["param"] == "body"
+    # No CORS grant: a page on another origin cannot read or preflight its way in.
+    preflight = client.options(
+        "/api/v1/grants",
+        headers={
+            **site,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type",
+        },
+    )
+    assert preflight.status_code < 500
+    for response in (preflight, client.post("/api/v1/grants", headers=auth, json={})):
+        assert "Access-Control-Allow-Origin" not in response.headers
+        assert "Access-Control-Allow-Credentials" not in response.headers
+    with app.app_context():
+        assert db.session.scalar(select(func.count()).select_from(Grant)) == 0
+        db.session.remove()
+
+
+# --- stale holds: flask wattfare sweep -----------------------------------------------------
+
+
+def test_flask_wattfare_sweep_releases_only_stale_holds(app, make_grant, secret_key) -> None:
+    token = make_grant(3, max_usd=1)
+    price = DEFAULT_PRICES["local/markdown"]
+    with app.app_context():
+        args = dict(model="local/markdown", price=price, prompt_tokens=100, max_tokens=50)
+        crashed = grants.reserve(app_id_of(secret_key), token, hold_ttl=-1, **args)
+        running = grants.reserve(app_id_of(secret_key), token, hold_ttl=900, **args)
+        db.session.remove()
+    runner = app.test_cli_runner()
+    result = runner.invoke(args=["wattfare", "sweep"])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == "Released 1 stale hold(s)."
+    with app.app_context():
+        grant = db.session.scalar(select(Grant))
+        assert (grant.used, grant.reserved, grant.held_pusd) == (0, 1, running.hold_pusd)
+        assert db.session.get(Usage, crashed.usage_id).status == "expired"
+        assert db.session.get(Usage, running.usage_id).status == "pending"
+        # The crashed worker comes back and settles late: not charged twice, nor at all.
+        grants.settle(crashed, prompt_tokens=100, completion_tokens=50, price=price, duration_ms=1)
+        grants.settle(running, prompt_tokens=100, completion_tokens=10, price=price, duration_ms=1)
+        grant = db.session.scalar(select(Grant))
+        assert (grant.used, grant.reserved, grant.held_pusd) == (1, 0, 0)
+        assert grant.spent_pusd == price.cost_pusd(100, 10)
+        db.session.remove()
+    again = runner.invoke(args=["wattfare", "sweep"])
+    assert again.output.strip() == "Released 0 stale hold(s)."
