@@ -434,3 +434,129 @@ def test_flask_wattfare_sweep_releases_only_stale_holds(app, make_grant, secret_
         db.session.remove()
     again = runner.invoke(args=["wattfare", "sweep"])
     assert again.output.strip() == "Released 0 stale hold(s)."
+
+
+# --- hostile bodies on every /api/v1 route -----------------------------------------------------
+
+DEEP = 100_000
+HOSTILE_BODIES: list[tuple[str, bytes]] = [
+    ("empty", b""),
+    ("whitespace", b"  \n "),
+    ("not-json", b"requests=3"),
+    ("truncated", b'{"requests": 3'),
+    ("array", b"[1, 2]"),
+    ("string", b'"hello"'),
+    ("null", b"null"),
+    ("number", b"3"),
+    ("deep-array", b"[" * DEEP + b"]" * DEEP),
+    ("deep-object", b'{"a":' * DEEP + b"1" + b"}" * DEEP),
+    ("deep-field", b'{"requests": ' + b"[" * DEEP + b"]" * DEEP + b"}"),
+    ("deep-messages", b'{"model": "local/markdown", "messages": ' + b"[" * DEEP + b"]" * DEEP
+     + b"}"),
+    ("huge-int", b'{"requests": 1' + b"0" * 5000 + b"}"),
+    ("huge-int-max-tokens", b'{"model": "local/markdown", "max_tokens": 1' + b"0" * 5000
+     + b', "messages": [{"role": "user", "content": "x"}]}'),
+    ("huge-exponent", b'{"requests": 1e999999999, "maxUsd": 1e999999999}'),
+    ("tiny-exponent", b'{"requests": 1, "maxUsd": 1e-999999999}'),
+    ("nan", b'{"requests": NaN, "maxUsd": NaN}'),
+    ("infinity", b'{"requests": 1, "maxUsd": Infinity}'),
+    ("neg-infinity", b'{"requests": 1, "max_tokens": -Infinity}'),
+    ("i64", b'{"requests": 9223372036854775808, "maxUsd": 9223372036854775808}'),
+    ("bom", b'\xef\xbb\xbf{"requests": 1}'),
+    ("bad-utf8", b'{"requests": 1, "model": "\xff\xfe"}'),
+    ("utf16", '{"requests": 1}'.encode("utf-16")),
+    ("nul", b'{"requests": 1, "model": "\\u0000", "messages": "\\u0000"}'),
+    ("lone-surrogate-model", b'{"requests": 1, "model": "\\ud800", "messages": [{"role": '
+     b'"user", "content": "x"}]}'),
+    ("lone-surrogate-content", b'{"model": "local/markdown", "messages": [{"role": "user", '
+     b'"content": "\\udfff\\ud800 text"}]}'),
+    ("lone-surrogate-key", b'{"\\ud800": 1, "requests": 1}'),
+    ("lone-surrogate-role", b'{"model": "local/markdown", "messages": [{"role": "\\ud800", '
+     b'"content": "x"}]}'),
+    ("lone-surrogate-upstream", b'{"model": "fake/model", "messages": [{"role": "user", '
+     b'"content": "\\ud800"}]}'),
+    ("lone-surrogate-option", b'{"model": "fake/model", "messages": [{"role": "user", '
+     b'"content": "x"}], "user": "\\udc00"}'),
+    ("rtl-model", '{"model": "\u202elocal/markdown", "messages": [{"role": "user", "content": '
+     '"x"}]}'.encode()),
+    ("duplicate-keys", b'{"requests": 1, "requests": 1000}'),
+]  # fmt: skip
+
+WRONG_TYPES: list[dict[str, Any]] = [
+    {"requests": value}
+    for value in (None, "3", True, [], {}, 1.5, -1, 0, 101, 10**30, [3], {"$gt": 0})
+] + [
+    {"requests": 1, "maxUsd": value}
+    for value in ("1", True, [], {}, -1, 0, 10**30, 1e-30, {"usd": 1})
+] + [
+    {"model": value, "messages": [{"role": "user", "content": "x"}]}
+    for value in (None, 5, True, [], {}, "", " ", "x" * 100_000)
+] + [
+    {"model": "local/markdown", "messages": value}
+    for value in (None, "x", 5, {}, [], [None], [[]], ["x"], [{}], [{"role": 1}],
+                  [{"role": "user"}], [{"role": "user", "content": 5}],
+                  [{"role": "user", "content": {"a": 1}}], [{"role": "user", "content": [1]}],
+                  [{"role": "user", "content": [{"type": 5}]}],
+                  [{"role": "user", "content": "x"}] * 10_000)
+] + [
+    {"model": "local/markdown", "messages": [{"role": "user", "content": "x"}], field: value}
+    for field, values in {
+        "max_tokens": (0, -1, "10", True, 1.5, [], 10**30),
+        "max_completion_tokens": (0, "10", {}),
+        "stream": ("true", 1, None, [], {}),
+        "n": (0, 2, "1", [], -1),
+    }.items()
+    for value in values
+]  # fmt: skip
+
+
+def hostile_requests(app: Flask) -> list[tuple[str, str, bytes, str]]:
+    """(method, path, body, content type) for every /api/v1 route and every body above."""
+    routes = sorted(
+        (method, rule.rule)
+        for rule in app.url_map.iter_rules()
+        if rule.rule.startswith("/api/v1/")
+        for method in (rule.methods or set()) - {"HEAD", "OPTIONS"}
+    )
+    assert ("POST", "/api/v1/chat/completions") in routes and ("POST", "/api/v1/grants") in routes
+    bodies = [body for _, body in HOSTILE_BODIES]
+    bodies += [json.dumps(value).encode() for value in WRONG_TYPES]
+    requests = []
+    for method, path in routes:
+        for body in bodies:
+            requests.append((method, path, body, "application/json"))
+        for content_type in ("text/plain", "application/x-www-form-urlencoded", "", "json"):
+            requests.append((method, path, b'{"requests": 1}', content_type))
+    return requests
+
+
+def test_every_hostile_body_is_a_json_4xx_on_every_route(
+    app, client, make_grant, secret_key
+) -> None:
+    grant = make_grant(2)
+    session = mint_session(secret_key)
+    seen: dict[int, int] = {}
+    for method, path, body, content_type in hostile_requests(app):
+        headers = {
+            "Authorization": f"Bearer {session if path.endswith('/grants') else secret_key}",
+            "x-wattfare-grant": grant,
+        }
+        if content_type:
+            headers["Content-Type"] = content_type
+        response = client.open(path, method=method, data=body, headers=headers)
+        status = response.status_code
+        seen[status] = seen.get(status, 0) + 1
+        where = f"{method} {path} {content_type} {body[:80]!r}… -> {status}"
+        assert status < 500, where
+        if status >= 400:
+            assert response.is_json, where
+            error = response.get_json()["error"]
+            assert error["code"] and error["message"], where
+        elif method == "POST" and path.endswith("/chat/completions"):
+            raise AssertionError(f"a hostile body was served: {where}")
+    assert 400 in seen
+    with app.app_context():
+        row = db.session.scalar(select(Grant).where(Grant.requests == 2))
+        assert (row.used, row.reserved, row.spent_pusd, row.held_pusd) == (0, 0, 0, 0)
+        assert db.session.scalar(select(func.count()).select_from(Usage)) == 0
+        db.session.remove()

@@ -7,6 +7,7 @@ and with NaN/Infinity refused, which Python's json module would otherwise accept
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -47,7 +48,32 @@ def json_body() -> dict[str, Any]:
         raise invalid_request("body", f"The body is not valid JSON: {exc}.") from None
     if not isinstance(body, dict):
         raise invalid_request("body", "The body must be a JSON object.")
+    if _SURROGATE_ESCAPE.search(request.get_data(cache=True)) and _has_lone_surrogate(body):
+        # json.loads turns "\ud800" into a string no UTF-8 encoder accepts: the
+        # provider's request (or any later .encode()) would fail with a 500.
+        raise invalid_request(
+            "body", "The body has a lone UTF-16 surrogate (\\ud800-\\udfff): not valid text."
+        )
     return body
+
+
+# An escaped UTF-16 surrogate. Pairs (an emoji as "\ud83d\ude00") decode to one
+# character; only a lone one survives json.loads as a surrogate.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF]")
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    if isinstance(value, str):
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            return True
+        return False
+    if isinstance(value, dict):
+        return any(_has_lone_surrogate(k) or _has_lone_surrogate(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_lone_surrogate(item) for item in value)
+    return False
 
 
 def _whole_number(body: dict[str, Any], field: str, low: int, high: int) -> int:
