@@ -477,6 +477,8 @@ HOSTILE_BODIES: list[tuple[str, bytes]] = [
      b'"content": "\\ud800"}]}'),
     ("lone-surrogate-option", b'{"model": "fake/model", "messages": [{"role": "user", '
      b'"content": "x"}], "user": "\\udc00"}'),
+    ("deep-lone-surrogate", b'{"requests": 1, "x": ' + b"[" * 600 + b'"\\ud800"' + b"]" * 600
+     + b"}"),
     ("rtl-model", '{"model": "\u202elocal/markdown", "messages": [{"role": "user", "content": '
      '"x"}]}'.encode()),
     ("duplicate-keys", b'{"requests": 1, "requests": 1000}'),
