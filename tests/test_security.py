@@ -358,6 +358,39 @@ def test_hostile_headers_over_real_http_are_never_500(live_server, make_grant, v
                 assert json.loads(answer)["error"]["type"] == "authentication_error"
 
 
+@pytest.mark.parametrize("path", ["/api/v1/grants", "/api/v1/chat/completions"])
+def test_a_3_mb_body_over_real_http_is_a_json_413(
+    app, live_server, secret_key, make_grant, path
+) -> None:
+    # Valid JSON for its first megabytes: a server that read only as far as its limit
+    # (as werkzeug does with a chunked body) would create a grant from it.
+    body = b'{"requests": 1}' + b" " * (3 * 1024 * 1024)
+    credential = mint_session(secret_key) if path.endswith("grants") else secret_key
+    auth = f"Authorization: Bearer {credential}\r\nx-wattfare-grant: {make_grant(1)}\r\n"
+    for framing in (f"Content-Length: {len(body)}", "Transfer-Encoding: chunked"):
+        payload = body
+        if framing.startswith("Transfer"):  # no length up front: cut while it is read
+            step = 64 * 1024
+            payload = (
+                b"".join(
+                    b"%x\r\n%s\r\n" % (len(body[i : i + step]), body[i : i + step])
+                    for i in range(0, len(body), step)
+                )
+                + b"0\r\n\r\n"
+            )
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+            f"Content-Type: application/json\r\n{auth}{framing}"
+        ).encode()
+        status, headers, answer = raw_request(live_server.url, head, payload)
+        assert status == 413, (framing, answer[:200])
+        assert headers["content-type"] == "application/json"
+        assert json.loads(answer)["error"]["code"] == "request_entity_too_large"
+    with app.app_context():
+        assert db.session.scalar(select(func.count()).select_from(Grant)) == 1  # make_grant's
+        db.session.remove()
+
+
 # --- cross-site requests ---------------------------------------------------------------------
 
 
@@ -529,6 +562,9 @@ def hostile_requests(app: Flask) -> list[tuple[str, str, bytes, str]]:
             requests.append((method, path, body, "application/json"))
         for content_type in ("text/plain", "application/x-www-form-urlencoded", "", "json"):
             requests.append((method, path, b'{"requests": 1}', content_type))
+        requests.append(
+            (method, path, b'{"requests": 1}' + b" " * (3 * 1024 * 1024), "application/json")
+        )
     return requests
 
 
@@ -550,13 +586,15 @@ def test_every_hostile_body_is_a_json_4xx_on_every_route(
         seen[status] = seen.get(status, 0) + 1
         where = f"{method} {path} {content_type} {body[:80]!r}… -> {status}"
         assert status < 500, where
+        if len(body) > 3 * 1024 * 1024:
+            assert status == 413, where
         if status >= 400:
             assert response.is_json, where
             error = response.get_json()["error"]
             assert error["code"] and error["message"], where
         elif method == "POST" and path.endswith("/chat/completions"):
             raise AssertionError(f"a hostile body was served: {where}")
-    assert 400 in seen
+    assert 400 in seen and 413 in seen
     with app.app_context():
         row = db.session.scalar(select(Grant).where(Grant.requests == 2))
         assert (row.used, row.reserved, row.spent_pusd, row.held_pusd) == (0, 0, 0, 0)

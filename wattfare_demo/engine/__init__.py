@@ -29,13 +29,19 @@ def init_engine(app: Flask) -> None:
     app.register_blueprint(api.bp)
     app.register_blueprint(consent.bp)
     app.register_blueprint(openapi.bp)
+    app.before_request(_limit_api_body)
     # Unmatched URLs never reach a blueprint's handlers: answer them here, in JSON
-    # under /api/v1 and as usual elsewhere.
-    for code in (404, 405):
+    # under /api/v1 and as usual elsewhere (413: a body too large for any route there).
+    for code in (404, 405, 413):
         app.register_error_handler(code, _json_under_api)
     cli.register(app)
     # Last: it wraps the views registered above (grants, chat, the consent page).
     init_rate_limits(app)
+
+
+def _limit_api_body() -> None:
+    if request.path.startswith(api.bp.url_prefix or "/api/v1"):
+        api.limit_body()
 
 
 def _json_under_api(exc: HTTPException) -> Response | HTTPException:
