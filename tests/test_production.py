@@ -171,3 +171,26 @@ def test_a_crafted_path_cannot_forge_a_log_line(client, capsys):
     (line,) = request_lines(capsys.readouterr().out)
     assert fields(line)["path"] == "/nope\nwattfare.request method=GET path=/admin status=200"
     assert fields(line)["status"] == "404"
+
+
+def test_a_conversion_and_its_engine_call_log_a_line_each(client, make_grant, capsys):
+    # /api/convert calls the engine in-process (the SDK over WSGITransport); Flask lets
+    # that inner request share the outer one's `g`, which must not mix the two lines.
+    grant = make_grant(2)
+    capsys.readouterr()
+    response = client.post(
+        "/api/convert",
+        json={"grantToken": grant, "file": "<h1>Report</h1>"},
+        headers={"Origin": "http://localhost"},
+    )
+    assert response.status_code == 200, response.get_json()
+    inner, outer = (fields(line) for line in request_lines(capsys.readouterr().out))
+    assert (inner["path"], inner["outcome"]) == ("/api/v1/chat/completions", "settled")
+    assert inner["app"] != "-"
+    assert (outer["path"], outer["status"], outer["app"], outer["outcome"]) == (
+        "/api/convert",
+        "200",
+        "-",
+        "-",
+    )
+    assert int(outer["duration_ms"]) >= int(inner["duration_ms"])

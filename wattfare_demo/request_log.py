@@ -6,8 +6,8 @@
 This is the app's access log (gunicorn's own access log is off, see gunicorn.conf.py), so
 it must never carry a secret: the query string is dropped, no header is read, anything
 in the path that looks like a key, a grant token or a JWT is masked, and values are
-quoted so a crafted path cannot forge extra lines. `app` and `outcome` come from `g`,
-where the engine's API records the calling app's id and what happened to the grant
+quoted so a crafted path cannot forge extra lines. `app` and `outcome` come from
+`note()`, with which the engine's API records the calling app's id and what happened to the grant
 (`grant_created`, `settled`, `stream`, `released:<why>`), or, for a call it refused, the
 error's reason or code (`refused:exhausted`, `refused:invalid_request`).
 
@@ -24,7 +24,7 @@ import sys
 import time
 from typing import Any
 
-from flask import Flask, Response, g, request, request_started
+from flask import Flask, Response, request, request_started
 
 LOGGER_NAME = "wattfare.request"
 log = logging.getLogger(LOGGER_NAME)
@@ -77,8 +77,26 @@ def _configure_logger() -> None:
     log.propagate = False
 
 
+_FACTS = "wattfare.request_log"
+
+
+def note(**facts: str | None) -> None:
+    """Record facts for this request's log line: `app` (the calling app's id) and
+    `outcome` (what happened to the grant). Never a token or a key.
+
+    Kept in the WSGI environ, not in `g`: the converter calls the engine in-process
+    (the SDK over WSGITransport) and Flask lets that inner request share the outer
+    one's app context, hence its `g`. The environ is each request's own.
+    """
+    request.environ.setdefault(_FACTS, {}).update(facts)
+
+
+def _facts() -> dict[str, Any]:
+    return request.environ.setdefault(_FACTS, {})
+
+
 def _start(_sender: Flask, **_extra: Any) -> None:
-    g.wattfare_request_started = time.perf_counter()
+    note(started=time.perf_counter())
 
 
 def _log_response(response: Response) -> Response:
@@ -87,26 +105,26 @@ def _log_response(response: Response) -> Response:
         "path": _safe_path(request.path),
         "status": response.status_code,
     }
-    started = g.get("wattfare_request_started", time.perf_counter())
-    state = g._get_current_object()
-    if response.status_code >= 400 and g.get("wattfare_app_id") and not g.get("wattfare_outcome"):
+    facts = _facts()
+    if response.status_code >= 400 and facts.get("app") and not facts.get("outcome"):
         # A metered call the engine refused (402 grant_invalid, 400 invalid_request…):
         # the outcome is in the JSON error body, the one shape all API errors share.
-        g.wattfare_outcome = _refusal(response)
+        facts["outcome"] = _refusal(response)
     if response.is_streamed:
-        # Read `g` when the stream ends: the engine may record the final outcome then.
-        response.call_on_close(lambda: _emit(fields, started, state))
+        # Read the facts when the stream ends: the engine records the final outcome then.
+        response.call_on_close(lambda: _emit(fields, facts))
     else:
-        _emit(fields, started, state)
+        _emit(fields, facts)
     return response
 
 
-def _emit(fields: dict[str, Any], started: float, state: Any) -> None:
+def _emit(fields: dict[str, Any], facts: dict[str, Any]) -> None:
+    started = facts.get("started", time.perf_counter())
     line = {
         **fields,
         "duration_ms": int((time.perf_counter() - started) * 1000),
-        "app": getattr(state, "wattfare_app_id", None) or "-",
-        "outcome": getattr(state, "wattfare_outcome", None) or "-",
+        "app": facts.get("app") or "-",
+        "outcome": facts.get("outcome") or "-",
     }
     log.info(" ".join(f"{key}={_value(value)}" for key, value in line.items()))
 

@@ -14,9 +14,10 @@ from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
-from flask import Blueprint, Response, current_app, g, jsonify, request, stream_with_context
+from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from ..request_log import note
 from . import grants, idempotency
 from .apps import app_for_secret_key
 from .errors import ApiError, error_response, grant_invalid, http_error_response, invalid_request
@@ -90,7 +91,7 @@ def authenticate_app() -> App:
             "The secret key is not valid. Use the sk_… key printed when the app was created.",
             type="authentication_error",
         )
-    g.wattfare_app_id = app.id  # for the request log line
+    note(app=app.id)  # for the request log line
     return app
 
 
@@ -109,7 +110,7 @@ def balance_headers(balance: grants.GrantBalance) -> dict[str, str]:
 
 
 def _outcome(value: str) -> None:
-    g.wattfare_outcome = value  # read by the request logger; never a token
+    note(outcome=value)  # for the request log line; never a token
 
 
 # --- grants --------------------------------------------------------------------------
@@ -118,7 +119,7 @@ def _outcome(value: str) -> None:
 @bp.post("/grants")
 def create_grant() -> tuple[Response, int]:
     session = verify_session(_bearer(), current_app.config["SECRET_KEY"])
-    g.wattfare_app_id = session.app.id
+    note(app=session.app.id)
     if session.origin not in session.app.origin_list:
         raise ApiError(
             403,

@@ -29,12 +29,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from flask import Flask, Response, current_app, g, render_template, request
+from flask import Flask, Response, current_app, render_template, request
 from flask_limiter import Limiter, RequestLimit
 from limits import parse_many
 from sqlalchemy import select
 
 from ..extensions import db
+from ..request_log import note
 from .apps import app_for_publishable_key, normalise_origin
 from .errors import ApiError, error_response
 from .models import App
@@ -66,7 +67,7 @@ def app_of_secret_key() -> str:
     if parse_secret_key(key) is not None:
         app_id = db.session.scalar(select(App.id).where(App.secret_hash == sha256_hex(key)))
         if app_id is not None:
-            g.wattfare_app_id = app_id  # for the request log line, 429s included
+            note(app=app_id)  # for the request log line, 429s included
             return f"app:{app_id}"
     return client_address()
 
@@ -83,7 +84,7 @@ def app_of_session() -> str:
             session = verify_session(token, current_app.config["SECRET_KEY"])
         except ApiError:
             return client_address()
-        g.wattfare_app_id = session.app.id
+        note(app=session.app.id)
         return f"app:{session.app.id}"
     return client_address()
 
