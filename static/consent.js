@@ -10,6 +10,7 @@
 //   opener → popup   wattfare:session  { token }
 //   popup → opener   wattfare:grant    { grant }  | wattfare:deny | wattfare:error { error }
 //                    wattfare:closing  (closed or navigated away before any answer)
+//   opener → popup   wattfare:cancel   (the opener gave up before this page loaded: close)
 "use strict";
 
 (() => {
@@ -174,7 +175,15 @@
     // Exactly our opener, on exactly the origin the server allowed, for this question.
     if (event.source !== opener || event.origin !== openerOrigin) return;
     const message = event.data;
-    if (!message || message.type !== "wattfare:session" || message.nonce !== nonce) return;
+    if (!message || message.nonce !== nonce) return;
+    if (message.type === "wattfare:cancel") {
+      // The opener gave up on this question (its session endpoint failed, or it timed
+      // out) before this page had loaded, when its own close() may not have worked.
+      answered = true;
+      window.close();
+      return;
+    }
+    if (message.type !== "wattfare:session") return;
     if (sessionToken || answered || typeof message.token !== "string") return;
     onSession(message.token);
   });

@@ -26,6 +26,7 @@
   const DEFAULT_TIMEOUT_MS = 5 * 60 * 1000; // the session token lives 10 minutes at most
   const POLL_MS = 250; // how often `popup.closed` is looked at (a hint only)
   const CLOSE_GRACE_MS = 1000; // how long a closed-looking popup gets to say goodbye
+  const DISMISS_WATCH_MS = 60 * 1000; // how long a dismissed popup is watched for its page
   const WINDOW_NAME = "wattfare_consent";
 
   class WattfareError extends Error {
@@ -137,7 +138,7 @@
         let closedSince = 0;
 
         const timer = setTimeout(() => {
-          popup.close();
+          dismiss();
           fail("timeout", `No answer from the consent window in ${timeoutMs / 1000} s.`);
         }, timeoutMs);
 
@@ -161,6 +162,37 @@
             );
           }
         }, POLL_MS);
+
+        // Close the window this request gives up on. Chromium ignores close() on a window
+        // that is still on its initial about:blank while its cross-site navigation to the
+        // consent page is under way (a session endpoint that fails at once, a short
+        // timeout): the consent page then loads all the same, and would stay open for
+        // nothing. So when the page first speaks for this request (wattfare:ready, or
+        // wattfare:error), it has loaded: it is told to close itself (wattfare:cancel),
+        // and closed again.
+        // Not if a newer request has taken the window (it has the same name) meanwhile.
+        function dismiss() {
+          popup.close();
+          const onLoaded = (event) => {
+            if (event.source !== popup || event.origin !== engineOrigin) return;
+            const message = event.data;
+            if (!message || typeof message !== "object" || message.nonce !== nonce) return;
+            stop();
+            if (current && current.popup === popup) return;
+            // The opener's close() may stay a no-op for this window now: ask the page,
+            // which may close itself, too.
+            popup.postMessage({ type: "wattfare:cancel", nonce }, engineOrigin);
+            popup.close();
+          };
+          // Not `popup.closed` to end the watch early: right after a close() that the
+          // browser then drops, it proves nothing.
+          const watch = setTimeout(stop, DISMISS_WATCH_MS);
+          function stop() {
+            clearTimeout(watch);
+            window.removeEventListener("message", onLoaded);
+          }
+          window.addEventListener("message", onLoaded);
+        }
 
         function finish(settle) {
           if (current !== state) return; // already settled
@@ -225,7 +257,7 @@
           },
           (error) => {
             if (current !== state) return; // answered already; the window may be reused
-            popup.close();
+            dismiss();
             fail("session_failed", `Could not get a Wattfare session token: ${error.message}`);
           },
         );

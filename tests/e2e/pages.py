@@ -94,6 +94,7 @@ class ConsentPopup:
 
     def close_window(self) -> None:
         """Close the window as a visitor does: beforeunload and pagehide handlers run."""
+        self._until_listening()
         self.page.close(run_before_unload=True)
         self.wait_closed()
 
@@ -101,8 +102,15 @@ class ConsentPopup:
         if not self.page.is_closed():
             self.page.wait_for_event("close")
 
+    def _until_listening(self) -> None:
+        """Wait until consent.js listens for the visitor. It is a `defer` script: the page
+        shows its heading and buttons before it runs, and a click or a key before then
+        does nothing. Deferred scripts run before DOMContentLoaded."""
+        self.page.wait_for_load_state("domcontentloaded")
+
     def _until_closed(self, action: Callable[[], object]) -> None:
         """Do `action`, which makes the popup close itself, and wait until it has."""
+        self._until_listening()
         with self.page.expect_event("close"):
             try:
                 action()
