@@ -15,6 +15,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
+from tests.fake_upstream import FAKE_MODEL, FAKE_UPSTREAM_KEY, FakeUpstream
 from tests.helpers import ORIGIN, mint_session
 from wattfare_demo import create_app
 from wattfare_demo.engine import ensure_configured_app
@@ -83,6 +84,24 @@ def app(app_config: dict[str, Any]) -> Iterator[Flask]:
         db.session.remove()
         db.drop_all()
         db.engine.dispose()
+
+
+@pytest.fixture
+def upstream() -> Iterator[FakeUpstream]:
+    """A real OpenAI-compatible fake upstream on loopback (tests/fake_upstream.py)."""
+    with FakeUpstream() as fake:
+        yield fake
+
+
+@pytest.fixture
+def upstream_config(upstream: FakeUpstream) -> dict[str, Any]:
+    """Settings that put the engine behind `upstream`; merge them into app_config."""
+    return {
+        "WATTFARE_UPSTREAM_URL": upstream.url,
+        "WATTFARE_UPSTREAM_API_KEY": FAKE_UPSTREAM_KEY,
+        "WATTFARE_UPSTREAM_TIMEOUT": 5.0,
+        "WATTFARE_PRICES": {FAKE_MODEL: {"input": 1, "output": 2}},
+    }
 
 
 @pytest.fixture

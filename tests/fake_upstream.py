@@ -353,6 +353,12 @@ class _Server(ThreadingHTTPServer):
         traceback.print_exc()
 
 
+# What tests that put the engine behind a FakeUpstream configure (tests/conftest.py's
+# `upstream_config`): a model priced like local/markdown, and the engine's upstream key.
+FAKE_MODEL = "fake/model"
+FAKE_UPSTREAM_KEY = "sk-upstream-" + "u" * 40
+
+
 class FakeUpstream:
     def __init__(self, default: Behaviour | None = None) -> None:
         self.default: Behaviour = default or Reply()

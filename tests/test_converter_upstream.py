@@ -8,33 +8,24 @@ nothing and is reported as something to retry, never as a 500.
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
 
-from tests.fake_upstream import ErrorReply, FakeUpstream, Reply
+from tests.fake_upstream import FAKE_MODEL, ErrorReply, FakeUpstream, Reply
 from wattfare_demo.converter.prompts import MAX_OUTPUT_TOKENS, SYSTEM_PROMPT
 
-MODEL = "fake/gpt"
+MODEL = FAKE_MODEL
 
 
 @pytest.fixture
-def upstream() -> Iterator[FakeUpstream]:
-    with FakeUpstream() as fake:
-        yield fake
-
-
-@pytest.fixture
-def app_config(app_config: dict[str, Any], upstream: FakeUpstream) -> dict[str, Any]:
+def app_config(app_config: dict[str, Any], upstream_config: dict[str, Any]) -> dict[str, Any]:
     return {
         **app_config,
-        "WATTFARE_MODEL": MODEL,
-        "WATTFARE_UPSTREAM_URL": upstream.url,
-        "WATTFARE_UPSTREAM_API_KEY": "sk-upstream-test",
+        **upstream_config,
         "WATTFARE_UPSTREAM_TIMEOUT": 2.0,
-        "WATTFARE_PRICES": {MODEL: {"input": 1, "output": 2}},
+        "WATTFARE_MODEL": MODEL,
     }
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +18,14 @@ import httpx
 import pytest
 from sqlalchemy import func, select, update
 
-from tests.fake_upstream import ErrorReply, FakeUpstream, Out, RecordedRequest, Reply, StreamReply
+from tests.fake_upstream import (
+    FAKE_MODEL,
+    ErrorReply,
+    Out,
+    RecordedRequest,
+    Reply,
+    StreamReply,
+)
 from tests.helpers import ORIGIN, chat_body, mint_session
 from wattfare_demo.engine import grants
 from wattfare_demo.engine.errors import ApiError
@@ -27,23 +33,14 @@ from wattfare_demo.engine.idempotency import KEY_TTL, Idempotency, fingerprint
 from wattfare_demo.engine.models import Grant, Usage
 from wattfare_demo.extensions import db
 
-MODEL = "fake/model"
+MODEL = FAKE_MODEL
 
 
 @pytest.fixture
-def upstream() -> Iterator[FakeUpstream]:
-    with FakeUpstream() as fake:
-        yield fake
-
-
-@pytest.fixture
-def app_config(app_config: dict[str, Any], upstream: FakeUpstream) -> dict[str, Any]:
+def app_config(app_config: dict[str, Any], upstream_config: dict[str, Any]) -> dict[str, Any]:
     return {
         **app_config,
-        "WATTFARE_UPSTREAM_URL": upstream.url,
-        "WATTFARE_UPSTREAM_API_KEY": "sk-upstream-" + "u" * 40,
-        "WATTFARE_UPSTREAM_TIMEOUT": 5.0,
-        "WATTFARE_PRICES": {MODEL: {"input": 1, "output": 2}},
+        **upstream_config,
     }
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from tests.fake_upstream import ErrorReply, FakeUpstream, Reply, StreamReply
+from tests.fake_upstream import FAKE_MODEL, ErrorReply, Reply, StreamReply
 from wattfare_demo.engine.models import Grant, Usage
 from wattfare_demo.extensions import db
 from wattfare_demo.sdk import (
@@ -28,24 +28,15 @@ from wattfare_demo.sdk import (
     WattfareUpstreamError,
 )
 
-MODEL = "fake/model"
+MODEL = FAKE_MODEL
 PROMPT = "Convert this document to markdown: <h1>Title</h1><p>text</p>"
 
 
 @pytest.fixture
-def upstream() -> Iterator[FakeUpstream]:
-    with FakeUpstream() as fake:
-        yield fake
-
-
-@pytest.fixture
-def app_config(app_config: dict[str, Any], upstream: FakeUpstream) -> dict[str, Any]:
+def app_config(app_config: dict[str, Any], upstream_config: dict[str, Any]) -> dict[str, Any]:
     return {
         **app_config,
-        "WATTFARE_UPSTREAM_URL": upstream.url,
-        "WATTFARE_UPSTREAM_API_KEY": "sk-upstream-" + "u" * 40,
-        "WATTFARE_UPSTREAM_TIMEOUT": 5.0,
-        "WATTFARE_PRICES": {MODEL: {"input": 1, "output": 2}},
+        **upstream_config,
     }
 
 

@@ -32,7 +32,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import func, inspect, select, text
 
-from tests.fake_upstream import ErrorReply, FakeUpstream, Reply, StreamReply
+from tests.fake_upstream import FAKE_MODEL, ErrorReply, FakeUpstream, Reply, StreamReply
 from tests.helpers import chat_body, mint_session
 from wattfare_demo.engine import grants
 from wattfare_demo.engine.models import Grant, Usage
@@ -40,24 +40,17 @@ from wattfare_demo.engine.pricing import DEFAULT_PRICES
 from wattfare_demo.engine.tokens import new_grant_token, parse_secret_key
 from wattfare_demo.extensions import db
 
-MODEL = "fake/model"
+MODEL = FAKE_MODEL
 UPSTREAM_KEY = "sk-or-v1-" + "9f3e" * 16
 
 
 @pytest.fixture
-def upstream() -> Iterator[FakeUpstream]:
-    with FakeUpstream() as fake:
-        yield fake
-
-
-@pytest.fixture
-def app_config(app_config: dict[str, Any], upstream: FakeUpstream) -> dict[str, Any]:
+def app_config(app_config: dict[str, Any], upstream_config: dict[str, Any]) -> dict[str, Any]:
     return {
         **app_config,
-        "WATTFARE_UPSTREAM_URL": upstream.url,
-        "WATTFARE_UPSTREAM_API_KEY": UPSTREAM_KEY,
+        **upstream_config,
         "WATTFARE_UPSTREAM_TIMEOUT": 2.0,
-        "WATTFARE_PRICES": {MODEL: {"input": 1, "output": 2}},
+        "WATTFARE_UPSTREAM_API_KEY": UPSTREAM_KEY,
         "RATELIMIT_ENABLED": True,
         "RATELIMIT_STORAGE_URI": "memory://",
         "WATTFARE_RATE_LIMIT_GRANTS": "100000/minute",

@@ -24,8 +24,9 @@ import pytest
 from sqlalchemy import select
 
 from tests.fake_upstream import (
+    FAKE_MODEL,
+    FAKE_UPSTREAM_KEY,
     ErrorReply,
-    FakeUpstream,
     RawReply,
     Reply,
     Reset,
@@ -35,27 +36,19 @@ from wattfare_demo.engine.models import Grant, Usage
 from wattfare_demo.extensions import db
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MODEL = "fake/model"
+MODEL = FAKE_MODEL
 # $1 per million prompt tokens and $2 per million completion tokens, in pUSD per token.
 IN_PUSD, OUT_PUSD = 10**6, 2 * 10**6
-UPSTREAM_KEY = "sk-upstream-" + "u" * 40
+UPSTREAM_KEY = FAKE_UPSTREAM_KEY
 TIMEOUT = 0.5  # WATTFARE_UPSTREAM_TIMEOUT: seconds without a byte from the upstream
 
 
 @pytest.fixture
-def upstream() -> Iterator[FakeUpstream]:
-    with FakeUpstream() as fake:
-        yield fake
-
-
-@pytest.fixture
-def app_config(app_config: dict[str, Any], upstream: FakeUpstream) -> dict[str, Any]:
+def app_config(app_config: dict[str, Any], upstream_config: dict[str, Any]) -> dict[str, Any]:
     return {
         **app_config,
-        "WATTFARE_UPSTREAM_URL": upstream.url,
-        "WATTFARE_UPSTREAM_API_KEY": UPSTREAM_KEY,
+        **upstream_config,
         "WATTFARE_UPSTREAM_TIMEOUT": TIMEOUT,
-        "WATTFARE_PRICES": {MODEL: {"input": 1, "output": 2}},
     }
 
 
