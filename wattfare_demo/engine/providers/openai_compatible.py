@@ -196,19 +196,14 @@ class OpenAICompatibleProvider:
         finish_reason = _finish_reason(choice.get("finish_reason"))
         generated = _utf8_len(text) + _utf8_len(_reasoning(message))
         prompt_tokens, completion_tokens = _usage(body.get("usage"))
+        billed_prompt, billed_completion = self._billed(
+            request, (prompt_tokens, completion_tokens), generated, finish_reason
+        )
         return Completion(
             text=text,
             finish_reason=finish_reason,
-            prompt_tokens=(
-                prompt_tokens
-                if prompt_tokens is not None
-                else self.prompt_tokens_upper_bound(request)
-            ),
-            completion_tokens=(
-                completion_tokens
-                if completion_tokens is not None
-                else _completion_upper_bound(generated, finish_reason, request.max_tokens)
-            ),
+            prompt_tokens=billed_prompt,
+            completion_tokens=billed_completion,
         )
 
     def _events(self, lines: Iterable[str], request: ChatRequest) -> Iterator[StreamEvent]:
@@ -248,19 +243,31 @@ class OpenAICompatibleProvider:
         if not done and finish is None:
             raise ProviderError("connection", "The upstream stream ended before it finished.")
         finish_reason = _finish_reason(finish)
+        billed_prompt, billed_completion = self._billed(
+            request, (prompt_tokens, completion_tokens), generated, finish_reason
+        )
         yield StreamEnd(
             finish_reason=finish_reason,
-            prompt_tokens=(
-                prompt_tokens
-                if prompt_tokens is not None
-                else self.prompt_tokens_upper_bound(request)
-            ),
-            completion_tokens=(
-                completion_tokens
-                if completion_tokens is not None
-                else _completion_upper_bound(generated, finish_reason, request.max_tokens)
-            ),
+            prompt_tokens=billed_prompt,
+            completion_tokens=billed_completion,
         )
+
+    def _billed(
+        self,
+        request: ChatRequest,
+        reported: tuple[int | None, int | None],
+        generated_bytes: int,
+        finish_reason: str,
+    ) -> tuple[int, int]:
+        """The upstream's reported usage, or upper bounds where it reported none."""
+        prompt_tokens, completion_tokens = reported
+        if prompt_tokens is None:
+            prompt_tokens = self.prompt_tokens_upper_bound(request)
+        if completion_tokens is None:
+            completion_tokens = _completion_upper_bound(
+                generated_bytes, finish_reason, request.max_tokens
+            )
+        return prompt_tokens, completion_tokens
 
     # --- errors ---------------------------------------------------------------------
 
