@@ -109,6 +109,32 @@ def test_same_key_replays_the_stored_response(app, client, make_grant, api_heade
     assert post(client, headers, None, chat_body()).status_code == 402
 
 
+def test_sweep_forgets_keys_and_answers_after_a_day(app, client, make_grant, api_headers):
+    headers = api_headers(make_grant(2))
+    assert post(client, headers, "old-key", chat_body()).status_code == 200
+    assert post(client, headers, "new-key", chat_body()).status_code == 200
+    with app.app_context():
+        db.session.execute(
+            update(Usage)
+            .where(Usage.idempotency_key == "old-key")
+            .values(started_at=Usage.started_at - KEY_TTL - 1)
+        )
+        db.session.commit()
+        db.session.remove()
+    result = app.test_cli_runner().invoke(args=["wattfare", "sweep"])
+    assert result.exit_code == 0, result.output
+    assert "Forgot 1 idempotency key(s)" in result.output
+    with app.app_context():
+        rows = db.session.execute(
+            select(Usage.status, Usage.idempotency_key, Usage.response_body.is_(None)).order_by(
+                Usage.id
+            )
+        ).all()
+        db.session.remove()
+    # The ledger keeps both calls; only the day-old key and its stored answer are gone.
+    assert [tuple(r) for r in rows] == [("ok", None, True), ("ok", "new-key", False)]
+
+
 def test_numbers_are_compared_by_value(client, make_grant, api_headers):
     headers = api_headers(make_grant(2))
     assert post(client, headers, "k", chat_body(temperature=1)).status_code == 200

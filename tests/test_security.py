@@ -445,7 +445,7 @@ def test_flask_wattfare_sweep_releases_only_stale_holds(app, make_grant, secret_
     runner = app.test_cli_runner()
     result = runner.invoke(args=["wattfare", "sweep"])
     assert result.exit_code == 0, result.output
-    assert result.output.strip() == "Released 1 stale hold(s)."
+    assert result.output.splitlines()[0] == "Released 1 stale hold(s)."
     with app.app_context():
         grant = db.session.scalar(select(Grant))
         assert (grant.used, grant.reserved, grant.held_pusd) == (0, 1, running.hold_pusd)
@@ -459,7 +459,7 @@ def test_flask_wattfare_sweep_releases_only_stale_holds(app, make_grant, secret_
         assert grant.spent_pusd == price.cost_pusd(100, 10)
         db.session.remove()
     again = runner.invoke(args=["wattfare", "sweep"])
-    assert again.output.strip() == "Released 0 stale hold(s)."
+    assert again.output.splitlines()[0] == "Released 0 stale hold(s)."
 
 
 # --- hostile bodies on every /api/v1 route -----------------------------------------------------

@@ -8,7 +8,7 @@ from flask.cli import AppGroup
 from sqlalchemy import select
 
 from ..extensions import db
-from . import grants
+from . import grants, idempotency
 from .apps import add_origin, create_app_record, normalise_origin, remove_origin
 from .models import App
 
@@ -90,8 +90,10 @@ def remove_origin_command(app_id: str, origin: str) -> None:
 
 @group.command("sweep")
 def sweep_command() -> None:
-    """Release expired holds of calls that never finished (e.g. after a crash)."""
+    """Release expired holds of calls that never finished (e.g. after a crash), and
+    forget Idempotency-Keys (and their stored answers) older than 24 hours."""
     click.echo(f"Released {grants.release_stale()} stale hold(s).")
+    click.echo(f"Forgot {idempotency.forget_expired_keys()} idempotency key(s) older than 24 h.")
 
 
 def register(app: Flask) -> None:

@@ -217,6 +217,24 @@ class Idempotency:
         db.session.commit()
 
 
+def forget_expired_keys() -> int:
+    """Drop keys older than KEY_TTL and the answers stored for them.
+
+    Past 24 hours a key may be used again and its answer is never replayed, so keeping
+    the model's output would only keep visitors' documents around. The ledger rows stay.
+    Run by `flask wattfare sweep`; returns how many keys were forgotten.
+    """
+    rows = db.session.execute(
+        update(Usage)
+        .where(Usage.idempotency_key.is_not(None), Usage.started_at <= db_now() - KEY_TTL)
+        .values(idempotency_key=None, response_body=None)
+        .returning(Usage.id),
+        execution_options={"synchronize_session": False},
+    ).all()
+    db.session.commit()
+    return len(rows)
+
+
 def _envelope(response: Response, *, headers: dict[str, str] | None) -> str:
     return json.dumps(
         {
@@ -239,4 +257,12 @@ def from_request(app_id: str, grant_token: str, body: dict[str, Any]) -> Idempot
     return Idempotency(app_id, key, fingerprint(grant_token, body))
 
 
-__all__ = ["HEADER", "KEY_TTL", "REPLAYED_HEADER", "Idempotency", "fingerprint", "from_request"]
+__all__ = [
+    "HEADER",
+    "KEY_TTL",
+    "REPLAYED_HEADER",
+    "Idempotency",
+    "fingerprint",
+    "forget_expired_keys",
+    "from_request",
+]
