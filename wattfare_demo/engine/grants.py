@@ -244,9 +244,7 @@ def _why_refused(app_id: str, token_hash: str) -> Grant:
     Returns the grant when its dollar cap is the only obstacle, so the caller can
     retry with a hold clamped to what is left.
     """
-    grant = db.session.scalar(select(Grant).where(Grant.token_hash == token_hash))
-    if grant is None or grant.app_id != app_id:
-        raise grant_invalid("unknown")  # another app's grant is as good as unknown
+    grant = _grant_by_hash(app_id, token_hash)
     if grant.revoked_at is not None:
         raise grant_invalid("revoked")
     if grant.reserved and release_stale(grant.id):
@@ -351,9 +349,13 @@ def find_grant(app_id: str, token: str) -> Grant:
     """The grant a token names for this app, or 402 unknown."""
     if not grant_token_is_well_formed(token):
         raise grant_invalid("unknown")
-    grant = db.session.scalar(select(Grant).where(Grant.token_hash == sha256_hex(token)))
+    return _grant_by_hash(app_id, sha256_hex(token))
+
+
+def _grant_by_hash(app_id: str, token_hash: str) -> Grant:
+    grant = db.session.scalar(select(Grant).where(Grant.token_hash == token_hash))
     if grant is None or grant.app_id != app_id:
-        raise grant_invalid("unknown")
+        raise grant_invalid("unknown")  # another app's grant is as good as unknown
     return grant
 
 

@@ -32,15 +32,11 @@ from dataclasses import dataclass
 from flask import Flask, Response, current_app, render_template, request
 from flask_limiter import Limiter, RequestLimit
 from limits import parse_many
-from sqlalchemy import select
 
-from ..extensions import db
 from ..request_log import note
-from .apps import app_for_publishable_key, normalise_origin
+from .apps import app_for_publishable_key, app_for_secret_key, normalise_origin
 from .errors import ApiError, error_response
-from .models import App
 from .sessions import verify_session
-from .tokens import parse_secret_key, sha256_hex
 
 log = logging.getLogger(__name__)
 
@@ -63,12 +59,10 @@ def _bearer() -> str:
 
 def app_of_secret_key() -> str:
     """The app whose secret key authorises the call (one indexed lookup), else the address."""
-    key = _bearer()
-    if parse_secret_key(key) is not None:
-        app_id = db.session.scalar(select(App.id).where(App.secret_hash == sha256_hex(key)))
-        if app_id is not None:
-            note(app=app_id)  # for the request log line, 429s included
-            return f"app:{app_id}"
+    app = app_for_secret_key(_bearer())
+    if app is not None:
+        note(app=app.id)  # for the request log line, 429s included
+        return f"app:{app.id}"
     return client_address()
 
 
