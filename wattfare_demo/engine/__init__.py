@@ -40,6 +40,8 @@ def init_engine(app: Flask) -> None:
 
 
 def _limit_api_body() -> None:
+    # App-wide with a prefix test, not a blueprint hook: two blueprints (api and
+    # openapi) serve /api/v1, and a body is refused the same on both.
     if request.path.startswith(api.bp.url_prefix or "/api/v1"):
         api.limit_body()
 
