@@ -38,8 +38,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         instance_path=os.path.join(ROOT, "instance"),
     )
     app.config.update(load_settings(os.environ, app.instance_path))
-    # Uploads are checked (2 MB) by the converter; this only stops absurd bodies early.
-    app.config["MAX_CONTENT_LENGTH"] = 4 * 1024 * 1024
+    # The converter takes uploads up to 20 MB (27 MB as base64 in JSON); this only stops
+    # absurd bodies early. The engine's /api/v1 keeps its own 2 MB limit (engine/api.py).
+    app.config["MAX_CONTENT_LENGTH"] = 28 * 1024 * 1024
     app.config["SQLALCHEMY_RECORD_QUERIES"] = False
     if config:
         app.config.update(config)

@@ -115,4 +115,22 @@ def load_settings(environ: Mapping[str, str], instance_path: str) -> dict[str, A
         "WATTFARE_HOLD_TTL": int(environ.get("WATTFARE_HOLD_TTL", "900")),
         "WATTFARE_AUTO_APPROVE": _bool(environ.get("WATTFARE_AUTO_APPROVE")),
         **rate_limit_settings(environ),
+        **converter_settings(environ),
+    }
+
+
+def converter_settings(environ: Mapping[str, str]) -> dict[str, Any]:
+    """The demo converter's limits (README, "Configuration"; docs/converter.md)."""
+    return {
+        # The most AI requests one file may need, and one session may ask for (the
+        # engine's grant request is bounded by it too: see POST /api/wattfare-token).
+        "CONVERTER_MAX_REQUESTS": int(environ.get("CONVERTER_MAX_REQUESTS", "50")),
+        # Characters of extracted Markdown per model call (one request each).
+        "CONVERTER_CHUNK_CHARS": int(environ.get("CONVERTER_CHUNK_CHARS", "24000")),
+        # The extraction cage: CPU seconds, address space, wall-clock seconds and how
+        # many extractions run at once per web process.
+        "CONVERTER_EXTRACT_CPU_SECONDS": int(environ.get("CONVERTER_EXTRACT_CPU_SECONDS", "20")),
+        "CONVERTER_EXTRACT_MEMORY_MB": int(environ.get("CONVERTER_EXTRACT_MEMORY_MB", "1024")),
+        "CONVERTER_EXTRACT_TIMEOUT": float(environ.get("CONVERTER_EXTRACT_TIMEOUT", "25")),
+        "CONVERTER_EXTRACT_CONCURRENCY": int(environ.get("CONVERTER_EXTRACT_CONCURRENCY", "2")),
     }

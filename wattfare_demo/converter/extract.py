@@ -1,102 +1,116 @@
-"""Turn an uploaded file into plain text for the model to convert into Markdown.
+"""Turn an uploaded file into structured Markdown for the model to tidy.
 
-Pure Python (no Flask): the web layer calls `extract_text()` and turns an `ExtractionError`
-into a response with `error.status`, `error.code` and `error.message`.
+Pure Python (no Flask): routes call it through the cage (cage.py), which runs it in a
+separate, resource-limited process. `extract()` returns an `ExtractedDocument` whose
+`sections` are the document's natural pages (PDF pages, slides, sheets; one section for
+other kinds), or raises `ExtractionError`.
 
-Error contract. Each code always comes with the same HTTP status, so the web layer and the
-browser can rely on either:
+Which library reads what, and why (docs/converter.md has the long version):
+
+- markitdown's own converters, called directly (not `MarkItDown()`, whose type sniffing
+  loads a neural network for every call): HTML, Word (mammoth), PowerPoint
+  (python-pptx), EPUB, Jupyter notebooks and RSS/Atom feeds. Visitors get what
+  markitdown gives them in a terminal: pipe tables, lists, links, footnotes, headings.
+- pdfplumber (pdfminer.six) directly for PDF, page by page, so a document keeps its
+  pages (chunks split on them), ruled tables become pipe tables, paragraphs are found
+  from line spacing, and running headers and footers repeated on most pages are dropped.
+- openpyxl (read-only, streaming) and xlrd directly for spreadsheets: markitdown would
+  go through pandas, 60 MB of dependencies that hold the whole sheet in memory twice.
+- csv, json and charset-normalizer for text: any encoding, never only UTF-8.
+
+Nothing here writes a file: every parser reads from memory (the cage also forbids
+writes, with RLIMIT_FSIZE = 0).
+
+Error contract. Each code always comes with the same HTTP status:
 
 =================  ======  =====================================================================
 code               status  when
 =================  ======  =====================================================================
 unsupported_type   415     the extension (or, with no known extension, the content type) is not
-                           one we read. Checked first: "wrong type" is the more useful answer.
-empty_file         400     zero bytes, or a text-kind file (.txt/.md/.html/.csv/.json) holding
-                           only whitespace: for those the bytes *are* the text, so it is empty.
-file_too_large     413     more than MAX_UPLOAD_BYTES, a PDF with more than MAX_PDF_PAGES pages,
-                           or a .docx that unpacks to more than MAX_DOCX_UNPACKED_BYTES.
-unreadable_file    422     not decodable text, invalid JSON, a damaged/password-protected
-                           .docx or PDF.
-no_text            422     a .docx or PDF that opens fine but has no text (e.g. a scanned PDF).
-                           422, not 400: the upload is well formed, there is just nothing to read.
-text_too_long      413     the extracted text is longer than MAX_TEXT_CHARS.
+                           one in filetypes.FILE_TYPES. Checked first.
+empty_file         400     zero bytes, or a text file holding only whitespace.
+file_too_large     413     more than MAX_UPLOAD_BYTES, too many pages, a zip that unpacks past
+                           MAX_UNPACKED_BYTES, or a file that needs more memory than the cage
+                           allows.
+text_too_long      413     the Markdown is longer than MAX_MARKDOWN_CHARS.
+unreadable_file    422     not decodable text, invalid JSON/XML, a damaged or
+                           password-protected document.
+no_text            422     a document that opens fine but has no text (e.g. a scanned PDF).
+too_complex        422     reading it took longer than the cage allows (a decompression or
+                           parser bomb, or a pathological file).
 =================  ======  =====================================================================
-
-Parsers see hostile bytes, so every library call is wrapped: the exceptions a parser raises on
-malformed input become `unreadable_file` (and are logged); MemoryError and the like still
-propagate.
 """
 
 from __future__ import annotations
 
 import codecs
+import csv
 import io
+import itertools
 import json
 import logging
 import lzma
 import re
 import struct
 import unicodedata
+import xml.dom.minidom
 import zipfile
 import zlib
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-import docx
-from docx.document import Document as DocxDocument
-from docx.exceptions import PythonDocxError
-from docx.opc.exceptions import OpcError
-from docx.table import Table
-from docx.text.paragraph import Paragraph
-from lxml import etree  # python-docx's XML parser; its errors surface through python-docx
-from pypdf import PasswordType, PdfReader
-from pypdf.errors import DependencyError, PyPdfError
+import charset_normalizer
+import defusedxml
+import defusedxml.minidom
+import openpyxl
+import pdfminer.pdfdocument
+import pdfminer.pdfparser
+import pdfminer.psparser
+import pdfplumber
+import xlrd
+from lxml import etree
+from markitdown import StreamInfo
+from markitdown.converters import (
+    DocxConverter,
+    EpubConverter,
+    HtmlConverter,
+    IpynbConverter,
+    PptxConverter,
+    RssConverter,
+)
+
+from .filetypes import BY_KIND, FILE_TYPES, FileType, kind_of, supported_list
 
 __all__ = [
-    "MAX_DOCX_UNPACKED_BYTES",
+    "MAX_MARKDOWN_CHARS",
     "MAX_PDF_PAGES",
-    "MAX_TEXT_CHARS",
+    "MAX_UNPACKED_BYTES",
     "MAX_UPLOAD_BYTES",
+    "READERS",
     "STATUS_BY_CODE",
-    "SUPPORTED",
     "ExtractedDocument",
     "ExtractionError",
-    "extract_text",
+    "decode_text",
+    "extract",
     "sanitize_filename",
 ]
 
 logger = logging.getLogger(__name__)
 
-MAX_UPLOAD_BYTES = 2 * 1024 * 1024
-MAX_TEXT_CHARS = 200_000  # text longer than this is too long for the model
-MAX_PDF_PAGES = 200  # parsing cost grows with pages; 200 is far beyond MAX_TEXT_CHARS of prose
-# A .docx is a zip: 2 MB can inflate to gigabytes. Word's own blank template is ~0.8 MB.
-MAX_DOCX_UNPACKED_BYTES = 50 * 1024 * 1024
+MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+# An upper bound on the Markdown of one file, whatever CONVERTER_MAX_REQUESTS allows:
+# keeps what crosses the cage's pipe and the web worker's memory bounded.
+MAX_MARKDOWN_CHARS = 4_000_000
+MAX_PDF_PAGES = 2000
+# A zip-based document (docx, xlsx, pptx, epub) may unpack to at most this much, in at
+# most MAX_ZIP_MEMBERS members: 20 MB of zip can otherwise claim to hold terabytes.
+MAX_UNPACKED_BYTES = 256 * 1024 * 1024
+MAX_ZIP_MEMBERS = 20_000
 MAX_FILENAME_CHARS = 200
-
-SUPPORTED: dict[str, str] = {
-    ".txt": "text",
-    ".md": "markdown",
-    ".markdown": "markdown",
-    ".html": "html",
-    ".htm": "html",
-    ".csv": "csv",
-    ".tsv": "csv",
-    ".json": "json",
-    ".docx": "docx",
-    ".pdf": "pdf",
-}
-TEXT_KINDS = frozenset({"text", "markdown", "html", "csv", "json"})
-
-# Only consulted when the filename has no extension we know (browsers send what the OS says).
-_KIND_BY_CONTENT_TYPE = {
-    "text/plain": "text",
-    "text/markdown": "markdown",
-    "text/html": "html",
-    "text/csv": "csv",
-    "application/json": "json",
-    "application/pdf": "pdf",
-    "application/vnd.openxmlformats-officedocument.wordprocessingml.document": "docx",
-}
+# A section break inside `ExtractedDocument.markdown`: never part of a document's text.
+SECTION_BREAK = "\f"
 
 STATUS_BY_CODE: dict[str, int] = {
     "empty_file": 400,
@@ -105,40 +119,39 @@ STATUS_BY_CODE: dict[str, int] = {
     "unsupported_type": 415,
     "unreadable_file": 422,
     "no_text": 422,
+    "too_complex": 422,
 }
 
-_SUPPORTED_LIST = ".txt, .md, .html, .csv, .json, .docx or .pdf"
-# Old binary .doc files and password-protected .docx files are OLE compound files, not zips.
-_OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
 # Control, format (incl. bidi overrides that can disguise an extension), surrogate and
 # line/paragraph separator characters never belong in a displayed filename.
 _DROPPED_NAME_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
-_HEADING_STYLE = re.compile(r"heading ([1-9])")
-_LIST_STYLE = re.compile(r"list (bullet|number)(?: ([2-9]))?")
+# Old binary .doc files and password-protected Office files are OLE compound files.
+_OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
 
-# What parsers raise on malformed bytes. pypdf documents that broken files "might cause other
-# Exceptions" than its own; these are the kinds pypdf, zipfile/zlib/lzma, lxml and python-docx
-# raise while reading data. Programming errors like NameError/ImportError and MemoryError are
-# deliberately not caught.
-_MALFORMED_INPUT = (
-    PyPdfError,
-    PythonDocxError,
-    OpcError,
+# What parsers raise on malformed bytes. Programming errors like NameError/ImportError
+# and MemoryError (the cage's memory limit) are deliberately not caught.
+_MALFORMED_INPUT: tuple[type[BaseException], ...] = (
+    pdfminer.psparser.PSException,
+    pdfminer.pdfparser.PDFException,
+    pdfminer.pdfdocument.PDFEncryptionError,
     etree.LxmlError,
+    defusedxml.DefusedXmlException,
+    xml.parsers.expat.ExpatError,
+    xlrd.XLRDError,
     zipfile.BadZipFile,
     zlib.error,
     lzma.LZMAError,
     struct.error,
     OSError,  # bz2 raises OSError on corrupt streams; all I/O here is in memory
     EOFError,
-    ValueError,
+    ValueError,  # includes UnicodeDecodeError, json.JSONDecodeError
     LookupError,  # KeyError (missing zip member, relationship), IndexError
     TypeError,
-    AttributeError,  # python-docx trusts the XML shape, e.g. a [Content_Types].xml wrong root
+    AttributeError,  # parsers trust the XML shape
     AssertionError,
-    ArithmeticError,  # OverflowError, ZeroDivisionError from malformed numbers
+    ArithmeticError,
     NotImplementedError,  # unknown zip compression method
-    RecursionError,  # deeply nested PDF objects or JSON
+    RecursionError,
 )
 
 
@@ -155,26 +168,41 @@ class ExtractionError(Exception):
         self.status = STATUS_BY_CODE[code]  # KeyError here means a typo in this module
         self.message = message
 
+    def __reduce__(self) -> tuple[Any, ...]:  # crosses the cage's pipe
+        return (ExtractionError, (self.code, self.message))
+
     def __repr__(self) -> str:
         return f"ExtractionError({self.code!r}, {self.message!r})"
 
 
 @dataclass(frozen=True)
 class ExtractedDocument:
-    filename: str  # sanitised display name (basename only, control chars removed, max 200 chars)
-    kind: str  # one of SUPPORTED values
+    filename: str  # sanitised display name (basename only, control chars removed)
+    kind: str  # a filetypes.FileType.kind
     size: int  # bytes uploaded
-    text: str  # the document as text to send to the model
+    sections: tuple[str, ...]  # Markdown: pages, slides or sheets; one for other kinds
+
+    @property
+    def markdown(self) -> str:
+        return "\n\n".join(self.sections)
+
+    @property
+    def chars(self) -> int:
+        return sum(len(section) for section in self.sections) + 2 * (len(self.sections) - 1)
+
+    @property
+    def label(self) -> str:
+        return BY_KIND[self.kind].label
 
 
-def extract_text(filename: str, data: bytes, content_type: str | None = None) -> ExtractedDocument:
-    """Read an upload into text, or raise ExtractionError (see the module docstring)."""
+def extract(filename: str, data: bytes, content_type: str | None = None) -> ExtractedDocument:
+    """Read an upload into Markdown sections, or raise ExtractionError."""
     name = sanitize_filename(filename)
-    kind = _detect_kind(name, content_type)
-    if kind is None:
+    file_type = kind_of(name, content_type)
+    if file_type is None:
         raise ExtractionError(
             "unsupported_type",
-            f"{name} is not a supported file type. Upload a {_SUPPORTED_LIST} file.",
+            f"{name} is not a supported file type. Upload a {supported_list()} file.",
         )
     if not data:
         raise ExtractionError("empty_file", f"{name} is empty. Choose a file with some text in it.")
@@ -184,23 +212,31 @@ def extract_text(filename: str, data: bytes, content_type: str | None = None) ->
             f"{name} is larger than the {_megabytes(MAX_UPLOAD_BYTES)} upload limit. "
             "Upload a smaller file or split it into parts.",
         )
+    if file_type.zipped:
+        _check_zip(name, data, file_type)
+    reader = READERS[file_type.kind]
+    try:
+        sections = reader(name, data)
+    except ExtractionError:
+        raise
+    except _MALFORMED_INPUT as exc:
+        logger.info("unreadable %s upload: %r", file_type.kind, exc)
+        raise _damaged(name, file_type) from None
 
-    if kind == "docx":
-        text = _extract_docx(name, data)
-    elif kind == "pdf":
-        text = _extract_pdf(name, data)
-    else:
-        text = _extract_plain(name, data, kind)
-
-    if not text.strip():
-        # Text kinds already raised empty_file; a .docx with nothing in it lands here. (PDFs
-        # raise their own no_text with advice about scans.)
+    cleaned = tuple(s for s in (section.strip("\n") for section in sections) if s.strip())
+    if not cleaned:
         raise ExtractionError(
             "no_text", f"{name} has no text in it. Add some text and upload it again."
         )
-    if len(text) > MAX_TEXT_CHARS:
-        raise _text_too_long(name)
-    return ExtractedDocument(filename=name, kind=kind, size=len(data), text=text)
+    document = ExtractedDocument(filename=name, kind=file_type.kind, size=len(data),
+                                 sections=cleaned)  # fmt: skip
+    if document.chars > MAX_MARKDOWN_CHARS:
+        raise ExtractionError(
+            "text_too_long",
+            f"{name} has more than {MAX_MARKDOWN_CHARS:,} characters of text, far more than "
+            "one conversion can take. Split it into smaller files.",
+        )
+    return document
 
 
 def sanitize_filename(filename: str) -> str:
@@ -221,19 +257,17 @@ def sanitize_filename(filename: str) -> str:
     return name
 
 
-def _detect_kind(name: str, content_type: str | None) -> str | None:
-    dot = name.rfind(".")
-    if dot != -1:
-        kind = SUPPORTED.get(name[dot:].lower())
-        if kind is not None:
-            return kind
-    if content_type:
-        mime = content_type.split(";", 1)[0].strip().lower()
-        return _KIND_BY_CONTENT_TYPE.get(mime)
-    return None
+# --- text and its encodings ---------------------------------------------------------
+
+# When charset-normalizer finds several code pages equally plausible (short Western
+# text reads as well in cp1250 as in cp1252), prefer the ones most files come from.
+_PREFERRED_ENCODINGS = ("cp1252", "cp1251", "cp1253", "cp1250", "cp932", "gb18030", "big5",
+                        "euc_kr", "cp1254", "cp1255", "cp1256", "cp1257", "koi8_r")  # fmt: skip
+_CHAOS_MARGIN = 0.1
 
 
-def _extract_plain(name: str, data: bytes, kind: str) -> str:
+def decode_text(name: str, data: bytes) -> str:
+    """Bytes of a text file as text, in whatever encoding they are; newlines normalised."""
     text = _decode(name, data)
     if "\x00" in text:
         raise _not_text(name)
@@ -243,36 +277,100 @@ def _extract_plain(name: str, data: bytes, kind: str) -> str:
             "empty_file",
             f"{name} contains only blank space. Choose a file with some text in it.",
         )
-    if kind == "json":
-        _check_json(name, text)
-    return text  # HTML stays HTML source: turning it into Markdown is the model's job
+    return text
 
 
 def _decode(name: str, data: bytes) -> str:
-    # Without a BOM, only UTF-8: guessing legacy code pages produces confident mojibake.
-    if data.startswith((codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE)):
-        encoding = "utf-32"  # before UTF-16: the UTF-32-LE BOM starts with the UTF-16-LE one
-    elif data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        encoding = "utf-16"
-    else:
-        encoding = "utf-8-sig"
+    for bom, encoding in (
+        (codecs.BOM_UTF32_LE, "utf-32"),  # before UTF-16: its BOM starts with UTF-16-LE's
+        (codecs.BOM_UTF32_BE, "utf-32"),
+        (codecs.BOM_UTF8, "utf-8-sig"),
+        (codecs.BOM_UTF16_LE, "utf-16"),
+        (codecs.BOM_UTF16_BE, "utf-16"),
+    ):
+        if data.startswith(bom):
+            try:
+                return data.decode(encoding)
+            except UnicodeDecodeError:
+                raise _not_text(name) from None
     try:
-        return data.decode(encoding)  # these codecs drop the BOM
+        return data.decode("utf-8")  # most files; a strict decode never guesses wrong
     except UnicodeDecodeError:
-        raise _not_text(name) from None
+        pass
+    matches = charset_normalizer.from_bytes(data)
+    best = matches.best()
+    if best is None:
+        raise _not_text(name)
+    chosen = best
+    for preferred in _PREFERRED_ENCODINGS:
+        match = next((m for m in matches if m.encoding == preferred), None)
+        if match is not None and match.chaos <= best.chaos + _CHAOS_MARGIN:
+            chosen = match
+            break
+    return str(chosen)
 
 
 def _not_text(name: str) -> ExtractionError:
     return ExtractionError(
         "unreadable_file",
-        f"{name} doesn't look like a text file (it isn't UTF-8 or UTF-16 text). "
-        "Save it as UTF-8 text and upload it again.",
+        f"{name} doesn't look like a text file: its bytes are not text in any encoding "
+        "the converter knows. Save it as text (UTF-8) and upload it again.",
     )
 
 
-def _check_json(name: str, text: str) -> None:
+# Characters that would give plain text a Markdown structure it never had: a heading,
+# a quote, a setext underline, an HTML tag.
+_PLAIN_LINE_START = re.compile(r"^( {0,3})(#{1,6}(?=\s|$)|>)")
+_SETEXT_LINE = re.compile(r"^ {0,3}(=+|-+)\s*$")
+_BULLET_CHARS = re.compile(r"^(\s*)[•◦▪‣●○■□➢➤►]\s+")
+
+
+def plain_text_to_markdown(text: str) -> str:
+    """Plain text as Markdown that renders as the text: structure only where it was."""
+    out: list[str] = []
+    previous = ""
+    for raw in text.split("\n"):
+        line = raw.rstrip()
+        line = _BULLET_CHARS.sub(r"\1- ", line)
+        line = _PLAIN_LINE_START.sub(lambda m: m.group(1) + "\\" + m.group(2), line)
+        if previous.strip() and _SETEXT_LINE.match(line):
+            line = "\\" + line.lstrip()  # a separator line, not a heading underline
+        line = re.sub(r"<(?=[A-Za-z/!?])", r"\\<", line)
+        out.append(line)
+        previous = line
+    return "\n".join(out)
+
+
+def _read_text(name: str, data: bytes) -> list[str]:
+    return [plain_text_to_markdown(decode_text(name, data))]
+
+
+def _read_markdown(name: str, data: bytes) -> list[str]:
+    return [decode_text(name, data)]
+
+
+def _read_html(name: str, data: bytes) -> list[str]:
+    html = decode_text(name, data)
+    return [_tidy_tables(HtmlConverter().convert_string(html).markdown)]
+
+
+def _read_delimited(delimiter: str) -> Callable[[str, bytes], list[str]]:
+    def read(name: str, data: bytes) -> list[str]:
+        text = decode_text(name, data)
+        try:
+            dialect: Any = csv.Sniffer().sniff(text[:20_000], delimiters=delimiter + ";|")
+        except csv.Error:
+            dialect = csv.excel_tab if delimiter == "\t" else csv.excel
+        rows = list(csv.reader(io.StringIO(text, newline=""), dialect))
+        return [pipe_table(rows)]
+
+    return read
+
+
+def _read_json(name: str, data: bytes) -> list[str]:
+    text = decode_text(name, data)
     try:
-        json.loads(text)
+        value = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ExtractionError(
             "unreadable_file",
@@ -285,172 +383,353 @@ def _check_json(name: str, text: str) -> None:
             f"{name} is not valid JSON we can read: it is nested too deeply. "
             "Upload it as a .txt file instead.",
         ) from None
-    except ValueError:
-        # Python refuses integers with thousands of digits (int_max_str_digits).
+    except ValueError:  # Python refuses integers with thousands of digits
         raise ExtractionError(
             "unreadable_file",
             f"{name} is not valid JSON we can read: it has a number too long to handle. "
             "Upload it as a .txt file instead.",
         ) from None
+    try:
+        pretty = json.dumps(value, indent=2, ensure_ascii=False)
+    except RecursionError:
+        pretty = text.strip()
+    return [fenced(pretty, "json")]
 
 
-def _extract_docx(name: str, data: bytes) -> str:
+def _read_xml(name: str, data: bytes) -> list[str]:
+    text = decode_text(name, data)
+    try:
+        # defusedxml refuses entity expansion (billion laughs) and external entities.
+        document = defusedxml.minidom.parseString(text.encode("utf-8"))
+    except (xml.parsers.expat.ExpatError, ValueError) as exc:
+        raise ExtractionError(
+            "unreadable_file",
+            f"{name} is not well-formed XML ({exc}). Fix it or upload it as a .txt file.",
+        ) from None
+    root = document.documentElement
+    if root is not None and (root.tagName == "rss" or root.localName == "feed"):
+        feed = RssConverter().convert(io.BytesIO(text.encode()), StreamInfo(extension=".xml"))
+        return [feed.markdown]
+    return [fenced(text.strip(), "xml")]
+
+
+def _read_ipynb(name: str, data: bytes) -> list[str]:
+    text = decode_text(name, data)
+    result = IpynbConverter().convert(io.BytesIO(text.encode("utf-8")), StreamInfo(charset="utf-8"))
+    return [result.markdown]
+
+
+# --- zip-based documents ------------------------------------------------------------
+
+
+def _check_zip(name: str, data: bytes, file_type: FileType) -> None:
     if data.startswith(_OLE_MAGIC):
         raise ExtractionError(
             "unreadable_file",
-            f"{name} is either an old-style Word (.doc) file or password-protected. "
-            "In Word, remove any password and save it as .docx, then upload it again.",
+            f"{name} is either an old-style Office file (.doc, .ppt) or password-protected. "
+            f"Remove any password and save it as {file_type.extensions[0]}, then upload it "
+            "again.",
         )
-    damaged = ExtractionError(
-        "unreadable_file",
-        f"{name} could not be read as a Word document; it may be damaged. "
-        "Open it in Word, save it again as .docx, and upload the new file.",
-    )
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
-            # zipfile never inflates a member past its declared size, so the sum is a real bound.
-            unpacked = sum(info.file_size for info in archive.infolist())
-    except _MALFORMED_INPUT as exc:
-        logger.info("unreadable docx upload %r: %r", name, exc)
-        raise damaged from None
-    if unpacked > MAX_DOCX_UNPACKED_BYTES:
+            members = archive.infolist()
+    except _MALFORMED_INPUT:
+        raise _damaged(name, file_type) from None
+    # zipfile never inflates a member past its declared size, so the sum is a real bound.
+    if len(members) > MAX_ZIP_MEMBERS or sum(m.file_size for m in members) > MAX_UNPACKED_BYTES:
         raise ExtractionError(
             "file_too_large",
-            f"{name} unpacks to more than {_megabytes(MAX_DOCX_UNPACKED_BYTES)}, "
-            "which is more than the converter will open. Split it into smaller documents.",
+            f"{name} unpacks to more than {_megabytes(MAX_UNPACKED_BYTES)}, which is more "
+            "than the converter will open. Split it into smaller documents.",
         )
-    try:
-        document = docx.Document(io.BytesIO(data))
-        return _docx_to_text(document)
-    except _MALFORMED_INPUT as exc:
-        logger.info("unreadable docx upload %r: %r", name, exc)
-        raise damaged from None
 
 
-def _docx_to_text(document: DocxDocument) -> str:
-    """Body paragraphs and tables in order; headings and lists as Markdown markers.
-
-    Headers, footers, footnotes and comments are left out: they are rarely the content a
-    visitor wants converted.
-    """
-    blocks: list[tuple[str, bool]] = []  # (text, is list item)
-    for item in document.iter_inner_content():
-        if isinstance(item, Paragraph):
-            line = _paragraph_line(item)
-            if line is not None:
-                blocks.append(line)
-        elif isinstance(item, Table):
-            rows = _table_rows(item)
-            if rows:
-                blocks.append(("\n".join(rows), False))
-
-    parts: list[str] = []
-    for index, (text, is_list) in enumerate(blocks):
-        if index:
-            # Keep consecutive list items together so they read as one list.
-            parts.append("\n" if is_list and blocks[index - 1][1] else "\n\n")
-        parts.append(text)
-    return "".join(parts)
+def _read_docx(name: str, data: bytes) -> list[str]:
+    result = DocxConverter().convert(io.BytesIO(data), StreamInfo(extension=".docx"))
+    return [_tidy_tables(result.markdown)]
 
 
-def _paragraph_line(paragraph: Paragraph) -> tuple[str, bool] | None:
-    text = paragraph.text.strip()
-    if not text:
+def _read_pptx(name: str, data: bytes) -> list[str]:
+    result = PptxConverter().convert(io.BytesIO(data), StreamInfo(extension=".pptx"))
+    # markitdown marks each slide with an HTML comment; a slide is a section here.
+    slides = re.split(r"^<!-- Slide number: \d+ -->$", result.markdown, flags=re.MULTILINE)
+    return [_tidy_tables(slide) for slide in slides]
+
+
+def _read_epub(name: str, data: bytes) -> list[str]:
+    result = EpubConverter().convert(io.BytesIO(data), StreamInfo(extension=".epub"))
+    return [_tidy_tables(result.markdown)]
+
+
+# --- spreadsheets -------------------------------------------------------------------
+
+
+def _sheet_section(title: str, rows: Iterable[Sequence[Any]]) -> str | None:
+    table = [[_cell_text(value) for value in row] for row in rows]
+    while table and not any(table[-1]):
+        table.pop()
+    if not table:
         return None
-    style = paragraph.style
-    style_name = (style.name or "").strip().lower() if style is not None else ""
-
-    if style_name == "title":
-        return "# " + _one_line(text), False
-    heading = _HEADING_STYLE.fullmatch(style_name)
-    if heading:
-        level = min(int(heading.group(1)), 6)  # Markdown stops at six levels
-        return "#" * level + " " + _one_line(text), False
-    listing = _LIST_STYLE.fullmatch(style_name)
-    if listing:
-        marker = "- " if listing.group(1) == "bullet" else "1. "
-        indent = "  " * (int(listing.group(2) or 1) - 1)  # "List Bullet 2" is nested once
-        return indent + marker + _one_line(text), True
-    return text, False
+    width = max(max((i + 1 for i, v in enumerate(row) if v), default=0) for row in table)
+    table = [row[:width] for row in table]
+    while table and not any(table[0]):
+        table.pop(0)
+    return f"## {escape_inline(title)}\n\n{pipe_table(table)}"
 
 
-def _table_rows(table: Table) -> list[str]:
-    rows: list[str] = []
-    for row in table.rows:
-        cells: list[str] = []
-        previous = None
-        for cell in row.cells:
-            # A horizontally merged cell is yielded once per grid column it spans.
-            if cell is previous:
-                continue
-            previous = cell
-            cells.append(_one_line(cell.text))
-        if any(cells):
-            rows.append("\t".join(cells))
-    return rows
+def _cell_text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
 
 
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
-
-
-def _extract_pdf(name: str, data: bytes) -> str:
+def _read_xlsx(name: str, data: bytes) -> list[str]:
+    # read_only streams rows from the XML instead of building every cell object first.
+    workbook = openpyxl.load_workbook(io.BytesIO(data), read_only=True, data_only=True)
     try:
-        reader = PdfReader(io.BytesIO(data))
-        # PdfReader already tried the empty password; this tells us whether that worked.
-        if reader.is_encrypted and reader.decrypt("") == PasswordType.NOT_DECRYPTED:
-            raise ExtractionError(
-                "unreadable_file",
-                f"{name} is password-protected, so its text can't be read. "
-                "Save a copy without the password and upload that.",
-            )
-        page_count = len(reader.pages)
-        if page_count > MAX_PDF_PAGES:
+        sections = [
+            _sheet_section(sheet.title, sheet.iter_rows(values_only=True))
+            for sheet in workbook.worksheets
+        ]
+    finally:
+        workbook.close()
+    return [s for s in sections if s]
+
+
+def _read_xls(name: str, data: bytes) -> list[str]:
+    if not data.startswith(_OLE_MAGIC):
+        raise _damaged(name, BY_KIND["xls"])
+    book = xlrd.open_workbook(file_contents=data, on_demand=True)
+    sections = []
+    for index in range(book.nsheets):
+        sheet = book.sheet_by_index(index)
+        rows = (sheet.row_values(r) for r in range(sheet.nrows))
+        sections.append(_sheet_section(sheet.name, rows))
+        book.unload_sheet(index)
+    return [s for s in sections if s]
+
+
+# --- PDF ----------------------------------------------------------------------------
+
+# How much larger than the usual line gap a gap must be to start a new paragraph.
+_PARAGRAPH_GAP = 1.5
+_PAGE_NUMBER = re.compile(r"^\W*(?:page\s*)?\d{1,4}(?:\s*(?:of|/)\s*\d{1,4})?\W*$", re.IGNORECASE)
+
+
+def _read_pdf(name: str, data: bytes) -> list[str]:
+    try:
+        pdf = pdfplumber.open(io.BytesIO(data))
+    except pdfminer.pdfdocument.PDFPasswordIncorrect:
+        raise ExtractionError(
+            "unreadable_file",
+            f"{name} is password-protected, so its text can't be read. "
+            "Save a copy without the password and upload that.",
+        ) from None
+    pages: list[list[str]] = []
+    with pdf:
+        count = len(pdf.pages)
+        if count > MAX_PDF_PAGES:
             raise ExtractionError(
                 "file_too_large",
-                f"{name} has {page_count} pages; the converter reads at most {MAX_PDF_PAGES} "
-                "pages per PDF so each conversion stays quick. Split it into smaller PDFs.",
+                f"{name} has {count} pages; the converter reads at most {MAX_PDF_PAGES:,} "
+                "pages per PDF. Split it into smaller PDFs.",
             )
-        pages: list[str] = []
-        total = 0
-        for page in reader.pages:
-            text = page.extract_text().replace("\x00", "")
-            text = text.replace("\r\n", "\n").replace("\r", "\n").strip()
-            if text:
-                pages.append(text)
-                total += len(text) + 2
-                if total > MAX_TEXT_CHARS:
-                    raise _text_too_long(name)  # no point reading the remaining pages
-    except DependencyError as exc:
-        logger.warning("pdf upload %r needs a missing dependency: %s", name, exc)
-        raise ExtractionError(
-            "unreadable_file",
-            f"{name} uses a kind of PDF encryption the converter can't open. "
-            "Save a copy without protection and upload that.",
-        ) from None
-    except _MALFORMED_INPUT as exc:
-        logger.info("unreadable pdf upload %r: %r", name, exc)
-        raise ExtractionError(
-            "unreadable_file",
-            f"{name} could not be read as a PDF; it may be damaged. "
-            "Export or print it to a new PDF and upload that.",
-        ) from None
-    if not pages:
+        for page in pdf.pages:
+            pages.append(_pdf_page_blocks(page))
+            page.close()  # pdfplumber caches every character of a page until closed
+    if not any(pages):
         raise ExtractionError(
             "no_text",
             f"{name} has no selectable text; it is probably a scanned image. "
             "Run it through text recognition (OCR) first, or upload the text another way.",
         )
-    return "\n\n".join(pages)
+    return ["\n\n".join(blocks) for blocks in _drop_page_furniture(pages)]
 
 
-def _text_too_long(name: str) -> ExtractionError:
+def _pdf_page_blocks(page: Any) -> list[str]:
+    """A page as Markdown blocks, top to bottom: paragraphs and pipe tables."""
+    placed: list[tuple[float, str]] = []
+    tables = page.find_tables()
+    boxes = [table.bbox for table in tables]
+    for table in tables:
+        rows = [[" ".join((cell or "").split()) for cell in row] for row in table.extract()]
+        rows = [row for row in rows if any(row)]
+        if len(rows) >= 2 and max(len(row) for row in rows) >= 2:
+            placed.append((table.bbox[1], pipe_table(rows)))
+
+    def outside_tables(obj: dict[str, Any]) -> bool:
+        x = (obj.get("x0", 0) + obj.get("x1", 0)) / 2
+        y = (obj.get("top", 0) + obj.get("bottom", 0)) / 2
+        return not any(x0 <= x <= x1 and top <= y <= bottom for x0, top, x1, bottom in boxes)
+
+    text_page = page.filter(outside_tables) if boxes else page
+    lines = text_page.extract_text_lines(layout=False, strip=True, return_chars=False)
+    placed.extend(_paragraphs(lines))
+    placed.sort(key=lambda item: item[0])
+    return [block for _, block in placed]
+
+
+def _paragraphs(lines: list[dict[str, Any]]) -> list[tuple[float, str]]:
+    """Lines grouped into paragraphs wherever the gap between them is unusually large."""
+    lines = [line for line in lines if line["text"].strip()]
+    if not lines:
+        return []
+    gaps = [b["top"] - a["bottom"] for a, b in itertools.pairwise(lines)]
+    positive = sorted(g for g in gaps if g > 0)
+    usual = positive[len(positive) // 2] if positive else 0.0
+    heights = sorted(line["bottom"] - line["top"] for line in lines)
+    height = heights[len(heights) // 2]
+    threshold = max(usual * _PARAGRAPH_GAP, height * 0.6)
+    out: list[tuple[float, str]] = []
+    current: list[str] = []
+    top = lines[0]["top"]
+    for index, line in enumerate(lines):
+        level = _heading_level(line, height)
+        if current and (
+            level or (index and (gaps[index - 1] > threshold or gaps[index - 1] < -height))
+        ):
+            out.append((top, "\n".join(current)))
+            current, top = [], line["top"]
+        if level:
+            out.append((line["top"], "#" * level + " " + escape_inline(line["text"])))
+            top = line["top"]
+            continue
+        current.append(plain_text_to_markdown(line["text"]))
+    if current:
+        out.append((top, "\n".join(current)))
+    return out
+
+
+def _heading_level(line: dict[str, Any], body_height: float) -> int:
+    """Text set clearly larger than the page's body text, on one short line, is a heading."""
+    text = line["text"].strip()
+    if len(text) > 100 or not re.search(r"[^\W\d_]", text) or body_height <= 0:
+        return 0
+    ratio = (line["bottom"] - line["top"]) / body_height
+    return 1 if ratio >= 1.6 else 2 if ratio >= 1.3 else 3 if ratio >= 1.15 else 0
+
+
+def _furniture_key(block: str) -> str:
+    return re.sub(r"\d+", "#", " ".join(block.split()).lower())
+
+
+def _drop_page_furniture(pages: list[list[str]]) -> list[list[str]]:
+    """Drop running headers and footers: a first or last block that repeats (numbers
+    aside) on most pages, and bare page numbers."""
+    if len(pages) < 3:
+        return pages
+    edges = Counter()
+    for blocks in pages:
+        for block in {*blocks[:1], *blocks[-1:]}:
+            if len(block) <= 120:
+                edges[_furniture_key(block)] += 1
+    repeated = {key for key, seen in edges.items() if seen >= max(3, len(pages) // 2)}
+    cleaned = []
+    for blocks in pages:
+        kept = list(blocks)
+        for position in (0, -1):
+            while kept and (
+                _furniture_key(kept[position]) in repeated or _PAGE_NUMBER.match(kept[position])
+            ):
+                kept.pop(position)
+        cleaned.append(kept)
+    return cleaned
+
+
+# --- Markdown building blocks -------------------------------------------------------
+
+_ESCAPE_INLINE = re.compile(r"[\\`*_\[\]<>|#]")
+
+
+def escape_inline(text: str) -> str:
+    return _ESCAPE_INLINE.sub(lambda m: "\\" + m.group(0), " ".join(text.split()))
+
+
+def pipe_table(rows: Sequence[Sequence[str]]) -> str:
+    """A GitHub pipe table; the first row is the header."""
+    rows = [list(row) for row in rows if any(str(cell).strip() for cell in row)]
+    if not rows:
+        return ""
+    width = max(len(row) for row in rows)
+
+    def line(cells: list[str]) -> str:
+        cells = [_table_cell(cell) for cell in cells] + [""] * (width - len(cells))
+        return "| " + " | ".join(cells) + " |"
+
+    separator = "| " + " | ".join(["---"] * width) + " |"
+    return "\n".join([line(rows[0]), separator, *(line(row) for row in rows[1:])])
+
+
+def _table_cell(value: str) -> str:
+    text = " ".join(str(value).split())
+    return re.sub(r"(?<!\\)\|", r"\\|", text.replace("<", "\\<"))
+
+
+_EMPTY_HEADER = re.compile(r"^\|(?:\s*\|)+\s*$")
+_TABLE_RULE = re.compile(r"^\|(?:\s*:?-{3,}:?\s*\|)+\s*$")
+
+
+def _tidy_tables(markdown: str) -> str:
+    """A pipe table whose header row is empty (Word tables have no header row) gets its
+    first row as the header."""
+    lines = markdown.split("\n")
+    out: list[str] = []
+    index = 0
+    while index < len(lines):
+        line = lines[index]
+        if (
+            _EMPTY_HEADER.match(line.strip())
+            and index + 2 < len(lines)
+            and _TABLE_RULE.match(lines[index + 1].strip())
+            and lines[index + 2].lstrip().startswith("|")
+        ):
+            out.extend([lines[index + 2], lines[index + 1]])
+            index += 3
+            continue
+        out.append(line)
+        index += 1
+    return "\n".join(out)
+
+
+def fenced(code: str, info: str = "") -> str:
+    longest = max((len(run) for run in re.findall(r"`+", code)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return f"{fence}{info}\n{code}\n{fence}"
+
+
+def _damaged(name: str, file_type: FileType) -> ExtractionError:
+    advice = {
+        "docx": "Open it in Word, save it again as .docx, and upload the new file.",
+        "pdf": "Export or print it to a new PDF and upload that.",
+    }.get(file_type.kind, f"Save it again as {file_type.extensions[0]} and upload the new file.")
+    article = "an" if file_type.label[0].lower() in "aeiou" else "a"
     return ExtractionError(
-        "text_too_long",
-        f"{name} has more than {MAX_TEXT_CHARS:,} characters of text, which is too long to "
-        "convert in one go. Split it into smaller files and upload them one at a time.",
+        "unreadable_file",
+        f"{name} could not be read as {article} {file_type.label}; it may be damaged. {advice}",
     )
 
 
 def _megabytes(size: int) -> str:
     return f"{size / (1024 * 1024):g} MB"
+
+
+READERS: dict[str, Callable[[str, bytes], list[str]]] = {
+    "text": _read_text,
+    "markdown": _read_markdown,
+    "html": _read_html,
+    "csv": _read_delimited(","),
+    "tsv": _read_delimited("\t"),
+    "json": _read_json,
+    "xml": _read_xml,
+    "ipynb": _read_ipynb,
+    "docx": _read_docx,
+    "pdf": _read_pdf,
+    "xlsx": _read_xlsx,
+    "xls": _read_xls,
+    "pptx": _read_pptx,
+    "epub": _read_epub,
+}
+# One reader per kind in the table, and no reader for a kind it doesn't list.
+assert READERS.keys() == {t.kind for t in FILE_TYPES}, "filetypes.py and READERS disagree"

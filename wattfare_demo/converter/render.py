@@ -7,7 +7,9 @@ over. Two independent layers keep anything in it from running in the page:
    text "<script>", never a tag.
 2. nh3 (the Rust `ammonia` sanitiser) then keeps only the tags Markdown produces, no
    event-handler or style attributes (so no table alignment: the page's CSP forbids
-   inline styles anyway), and only http(s)/mailto links.
+   inline styles anyway), only http(s)/mailto links, and images only from this app's
+   own origin (relative URLs) or `data:image/…`: a remote image in a document must not
+   tell its owner who opened it, and when.
 
 On top of that the page's Content-Security-Policy allows no inline script and no
 third-party images (see routes.py), and htmx is configured not to run script tags it swaps
@@ -40,10 +42,27 @@ _ATTRIBUTES = {
     "img": {"src", "alt", "title"},
     "ol": {"start"},
 }
+_DATA_IMAGE = re.compile(r"data:image/(?:png|gif|jpeg|webp|avif|bmp);base64,", re.IGNORECASE)
+_SCHEME_OR_HOST = re.compile(r"^(?:[a-z][a-z0-9+.-]*:|//|\\\\)", re.IGNORECASE)
+
+
+def _only_safe_urls(tag: str, attribute: str, value: str) -> str | None:
+    """Images from this origin or data:image; links never to data: URLs."""
+    compact = re.sub(r"[\x00-\x20]+", "", value)  # browsers ignore these in schemes
+    if tag == "img" and attribute == "src":
+        if _DATA_IMAGE.match(compact):
+            return value
+        return None if _SCHEME_OR_HOST.match(compact) else value
+    if attribute == "href" and compact.lower().startswith("data:"):
+        return None
+    return value
+
+
 _cleaner = nh3.Cleaner(
     tags=_TAGS,
     attributes=_ATTRIBUTES,
-    url_schemes={"http", "https", "mailto"},
+    attribute_filter=_only_safe_urls,
+    url_schemes={"http", "https", "mailto", "data"},
     link_rel="noopener noreferrer nofollow",
     strip_comments=True,
 )

@@ -4,8 +4,14 @@ Routes (routes.py) turn requests into calls here and results into responses. Thi
 talks to Wattfare only through the SDK (`wattfare_demo.sdk`), exactly as an app using the
 hosted service would; it never imports the engine.
 
-    upload ─► extract_text() ─► wf.grant(token).model(WATTFARE_MODEL).generate_text(prompt)
-              (415/413/422/400: nothing charged)        (402 grant_used when it's spent)
+    grant token ─► wf.grant(token).status()          refused in milliseconds if unusable
+    upload ─────► extract in the cage (cage.py)      415/413/422/400: nothing charged
+            ────► chunks on structure (chunking.py)  one request each
+            ────► wf.grant(token).model(WATTFARE_MODEL) once per chunk, in order
+                  (streamed part by part to the page; one JSON answer otherwise)
+
+A conversion cut short (the dollar cap, a used-up grant, a failing model) keeps the
+parts that arrived: they were paid for, and the visitor gets them.
 """
 
 from __future__ import annotations
@@ -14,23 +20,33 @@ import base64
 import binascii
 import logging
 import re
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
 from flask import current_app
 
-from ..sdk import Wattfare, to_wattfare_error
-from .extract import ExtractedDocument, extract_text
-from .prompts import MAX_OUTPUT_TOKENS, SYSTEM_PROMPT, conversion_prompt
+from ..sdk import GrantStatus, Wattfare, to_wattfare_error
+from . import chunking
+from .cage import CageBusy, CageLimits, extract_in_cage
+from .extract import ExtractedDocument
+from .prompts import MAX_OUTPUT_TOKENS, SYSTEM_PROMPT, part_prompt
 
 __all__ = [
     "Conversion",
     "ConverterError",
+    "Delta",
+    "Finished",
+    "PartFinished",
+    "PartStarted",
+    "Plan",
     "SessionToken",
     "Upload",
+    "check_grant",
     "convert",
     "mint_session",
+    "plan",
     "upload_from_json",
     "wattfare",
 ]
@@ -40,13 +56,22 @@ log = logging.getLogger(__name__)
 # Grant tokens are printable ASCII (wfg_…); anything else can't be one, and must not reach
 # an HTTP header.
 _TOKEN_SHAPE = re.compile(r"[\x21-\x7e]{1,256}")
-_GRANT_USED_MESSAGES = {
-    "expired": "The approval has expired (grants last a few minutes).",
-    "exhausted": "All the conversions you approved have been used.",
-    "over_cap": "The approval's dollar cap has been reached.",
-    "revoked": "The approval was withdrawn.",
+_ASK_AGAIN = " Approve a new grant to convert this file."
+# What to tell the visitor for each reason the engine gives for refusing a grant. A new
+# reason is one line here; one we don't know yet still gets a sensible message.
+_GRANT_REFUSALS: dict[str, str] = {
+    "unknown": "That approval isn't valid." + _ASK_AGAIN,
+    "expired": "The approval has expired (grants last a few minutes)." + _ASK_AGAIN,
+    "exhausted": "All the AI requests you approved have been used." + _ASK_AGAIN,
+    "over_cap": "The approval's dollar cap has been reached." + _ASK_AGAIN,
+    "revoked": "The approval was withdrawn." + _ASK_AGAIN,
+    "model_not_granted": "The approval is for another AI model than this converter uses."
+    + _ASK_AGAIN,
+    "app_budget": "The demo is resting for today: it has used its daily AI budget. "
+    "Please come back tomorrow.",
 }
-_ASK_AGAIN = " Approve a new grant to convert this file. Nothing was charged for this attempt."
+_GRANT_REFUSED = "This approval can't be used any more." + _ASK_AGAIN
+_NOTHING_CHARGED = " Nothing was charged for this attempt."
 
 
 class ConverterError(Exception):
@@ -55,33 +80,89 @@ class ConverterError(Exception):
     Same attributes as extract.ExtractionError, so routes handle both alike.
     """
 
-    def __init__(self, status: int, code: str, message: str, reason: str | None = None) -> None:
+    def __init__(
+        self, status: int, code: str, message: str, reason: str | None = None, **extra: Any
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.reason = reason
+        self.extra = extra  # more fields for the JSON body, e.g. {"requests": 12}
 
 
 @dataclass(frozen=True)
 class Upload:
     filename: str
-    data: bytes
+    data: bytes = field(repr=False)
     content_type: str | None = None
 
 
 @dataclass(frozen=True)
-class Conversion:
+class Plan:
+    """A document and the chunks it will be sent in: one request each."""
+
     document: ExtractedDocument
-    markdown: str
-    finish_reason: str | None
+    chunks: list[str] = field(repr=False)
+
+    @property
+    def requests(self) -> int:
+        return len(self.chunks)
+
+
+@dataclass(frozen=True)
+class Conversion:
+    """What came back: every part that arrived, and why it stopped if it stopped early."""
+
+    document: ExtractedDocument
+    parts: list[str]
+    total_parts: int
+    finish_reason: str | None  # "length" if any part was cut at its length limit
     remaining: int | None  # requests left on the grant
     remaining_usd: Decimal | None  # dollars left under the cap, None without a cap
+    error: ConverterError | None = None  # set when parts are missing
+
+    @property
+    def markdown(self) -> str:
+        return "\n\n".join(part for part in self.parts if part)
 
     @property
     def truncated(self) -> bool:
-        """The model stopped at its length limit (or at what the dollar cap could pay for)."""
         return self.finish_reason == "length"
+
+    @property
+    def complete(self) -> bool:
+        return self.error is None and len(self.parts) == self.total_parts
+
+
+# Events of a streamed conversion, in order: PartStarted, Delta…, PartFinished (per
+# part), then one Finished.
+@dataclass(frozen=True)
+class PartStarted:
+    index: int  # 1-based
+    total: int
+
+
+@dataclass(frozen=True)
+class Delta:
+    index: int
+    text: str
+
+
+@dataclass(frozen=True)
+class PartFinished:
+    index: int
+    total: int
+    markdown: str
+    finish_reason: str | None
+
+
+@dataclass(frozen=True)
+class Finished:
+    conversion: Conversion
+
+
+Event = PartStarted | Delta | PartFinished | Finished
 
 
 @dataclass(frozen=True)
@@ -162,14 +243,59 @@ def _utf8(text: str) -> bytes:
         ) from None
 
 
-def convert(upload: Upload, grant_token: str | None) -> Conversion:
-    """Extract the upload's text and have the model turn it into Markdown on the grant.
+# --- the steps ------------------------------------------------------------------------
 
-    Everything about the file is checked before the grant is touched, so a bad file
-    costs the visitor nothing (ExtractionError). Grant problems raise ConverterError:
-    402 `grant_used` when the grant is spent, expired or unknown.
+
+def max_requests() -> int:
+    return int(current_app.config["CONVERTER_MAX_REQUESTS"])
+
+
+def cage_limits() -> CageLimits:
+    config = current_app.config
+    return CageLimits(
+        cpu_seconds=int(config["CONVERTER_EXTRACT_CPU_SECONDS"]),
+        memory_mb=int(config["CONVERTER_EXTRACT_MEMORY_MB"]),
+        wall_seconds=float(config["CONVERTER_EXTRACT_TIMEOUT"]),
+        concurrency=int(config["CONVERTER_EXTRACT_CONCURRENCY"]),
+    )
+
+
+def plan(upload: Upload) -> Plan:
+    """Extract (in the cage) and chunk: how many requests the file needs.
+
+    Raises ExtractionError for a file we can't read, and ConverterError 413
+    `too_many_requests` for one that needs more requests than CONVERTER_MAX_REQUESTS.
     """
-    document = extract_text(upload.filename, upload.data, upload.content_type)
+    try:
+        document = extract_in_cage(upload.filename, upload.data, upload.content_type,
+                                   cage_limits())  # fmt: skip
+    except CageBusy:
+        raise ConverterError(
+            503,
+            "busy",
+            "The converter is reading other files right now. Try again in a moment; "
+            "nothing was charged.",
+        ) from None
+    chunks = chunking.split(document.sections, int(current_app.config["CONVERTER_CHUNK_CHARS"]))
+    result = Plan(document=document, chunks=chunks)
+    limit = max_requests()
+    if result.requests > limit:
+        raise ConverterError(
+            413,
+            "too_many_requests",
+            f"{document.filename} needs {result.requests} AI requests, more than the "
+            f"{limit} this converter allows for one file. Split it into smaller files.",
+            requests=result.requests,
+            maxRequests=limit,
+        )
+    return result
+
+
+def check_grant(grant_token: str | None) -> GrantStatus:
+    """The grant, asked for before the file is read: 400 without one, 402 if it can't pay.
+
+    One GET /api/v1/grant (the SDK's status call); no request of the grant is used.
+    """
     token = (grant_token or "").strip()
     if not token:
         raise ConverterError(
@@ -178,29 +304,121 @@ def convert(upload: Upload, grant_token: str | None) -> Conversion:
             "No grant token was sent. Press Convert with AI to approve a grant first.",
         )
     if not _TOKEN_SHAPE.fullmatch(token):
-        raise ConverterError(
-            402, "grant_used", "That grant token isn't valid." + _ASK_AGAIN, reason="unknown"
-        )
-
-    model = wattfare().grant(token).model(current_app.config["WATTFARE_MODEL"])
+        raise _grant_refused("unknown")
     try:
-        result = model.generate_text(
-            conversion_prompt(document.text),
-            system=SYSTEM_PROMPT,
-            max_tokens=MAX_OUTPUT_TOKENS,
-        )
+        status = wattfare().grant(token).status()
     except Exception as exc:
         error = _converter_error(exc)
         if error is None:
-            raise  # not a Wattfare error: a bug of ours, which should surface as a 500
+            raise
         raise error from exc
-    return Conversion(
-        document=document,
-        markdown=result.text,
-        finish_reason=result.finish_reason,
-        remaining=result.remaining,
-        remaining_usd=result.remaining_usd,
+    if status.status != "active" or status.remaining < 1:
+        raise _grant_refused(status.status)
+    return status
+
+
+def convert(upload: Upload, grant_token: str | None) -> Conversion:
+    """The whole conversion in one answer (JSON callers). Grant first, then the file."""
+    status = check_grant(grant_token)
+    prepared = plan(upload)
+    conversion: Conversion | None = None
+    for event in run(prepared, (grant_token or "").strip(), status, stream=False):
+        if isinstance(event, Finished):
+            conversion = event.conversion
+    assert conversion is not None
+    return conversion
+
+
+def run(prepared: Plan, token: str, status: GrantStatus, *, stream: bool) -> Iterator[Event]:
+    """The model calls of a planned conversion, as events; always ends with Finished.
+
+    The grant must have a request for every chunk (`status` from check_grant): a file
+    that needs 5 on a grant with 3 left is refused before the first call.
+    """
+    total = prepared.requests
+    if status.remaining < total:
+        raise ConverterError(
+            402,
+            "grant_too_small",
+            f"{prepared.document.filename} needs {total} AI requests, and your approval has "
+            f"{status.remaining} left. Approve a new grant for this file." + _NOTHING_CHARGED,
+            reason="too_few_requests",
+            requests=total,
+            remaining=status.remaining,
+        )
+    model = wattfare().grant(token).model(current_app.config["WATTFARE_MODEL"])
+    parts: list[str] = []
+    finish: str | None = None
+    remaining: int | None = status.remaining
+    remaining_usd: Decimal | None = (
+        None if status.max_usd is None else (status.max_usd - status.spent_usd)
     )
+    error: ConverterError | None = None
+    for index, chunk in enumerate(prepared.chunks, start=1):
+        yield PartStarted(index, total)
+        prompt = part_prompt(chunk, index, total, prepared.document.filename)
+        text: list[str] = []
+        try:
+            if stream:
+                with model.stream_text(
+                    prompt, system=SYSTEM_PROMPT, max_tokens=MAX_OUTPUT_TOKENS
+                ) as deltas:
+                    try:
+                        for delta in deltas:
+                            text.append(delta)
+                            yield Delta(index, delta)
+                    finally:
+                        part_finish = deltas.finish_reason
+                        if deltas.remaining is not None:
+                            remaining, remaining_usd = deltas.remaining, deltas.remaining_usd
+            else:
+                result = model.generate_text(
+                    prompt, system=SYSTEM_PROMPT, max_tokens=MAX_OUTPUT_TOKENS
+                )
+                text.append(result.text)
+                part_finish = result.finish_reason
+                remaining, remaining_usd = result.remaining, result.remaining_usd
+        except Exception as exc:
+            error = _converter_error(exc)
+            if error is None:
+                raise  # not a Wattfare error: a bug of ours, which should surface as a 500
+            if text:  # a stream cut mid-part (the cap): keep what arrived, it was paid for
+                parts.append("".join(text))
+                yield PartFinished(index, total, parts[-1], "cut")
+            error = _partial(error, len(parts), total)
+            break
+        parts.append("".join(text))
+        finish = "length" if part_finish == "length" or finish == "length" else part_finish
+        yield PartFinished(index, total, parts[-1], part_finish)
+    yield Finished(
+        Conversion(
+            document=prepared.document,
+            parts=parts,
+            total_parts=total,
+            finish_reason=finish,
+            remaining=remaining,
+            remaining_usd=remaining_usd,
+            error=error,
+        )
+    )
+
+
+def _partial(error: ConverterError, arrived: int, total: int) -> ConverterError:
+    """The error of a part, saying what the visitor keeps."""
+    if arrived == 0:
+        return error
+    kept = f"part 1 of {total}" if arrived == 1 else f"parts 1 to {arrived} of {total}"
+    message = error.message.replace(_NOTHING_CHARGED, "").replace(" Nothing was charged.", "")
+    message += f" You keep {kept}, shown below; only those were charged."
+    return ConverterError(
+        error.status, error.code, message, reason=error.reason, **error.extra,
+        partsConverted=arrived, parts=total,
+    )  # fmt: skip
+
+
+def _grant_refused(reason: str | None) -> ConverterError:
+    message = _GRANT_REFUSALS.get(reason or "", _GRANT_REFUSED)
+    return ConverterError(402, "grant_used", message + _NOTHING_CHARGED, reason=reason)
 
 
 def _converter_error(exc: Exception) -> ConverterError | None:
@@ -208,28 +426,26 @@ def _converter_error(exc: Exception) -> ConverterError | None:
     if error is None:
         return None
     if error.code == "grant_invalid":
-        reason = getattr(error, "reason", None)
-        lead = _GRANT_USED_MESSAGES.get(reason or "", "This approval can't be used any more.")
-        return ConverterError(402, "grant_used", lead + _ASK_AGAIN, reason=reason)
+        return _grant_refused(getattr(error, "reason", None))
     status = getattr(error, "status", None)
     if status == 429:
         return ConverterError(
             429,
             "rate_limited",
-            "Too many conversions at once. Wait a moment and try again; nothing was charged.",
+            "Too many conversions at once. Wait a moment and try again." + _NOTHING_CHARGED,
         )
-    if status in (401, 403) or (status is not None and 400 <= status < 500):
+    if status is not None and 400 <= status < 500:
         # Our secret key, model or request is wrong: the server's fault, not the visitor's.
         log.error("Wattfare refused the conversion: %s (%s)", error.code, error)
         return ConverterError(
             502,
             "converter_misconfigured",
-            "The converter couldn't reach its AI model (a setup problem on our side). "
-            "Nothing was charged.",
+            "The converter couldn't reach its AI model (a setup problem on our side)."
+            + _NOTHING_CHARGED,
         )
     log.warning("Wattfare upstream failure: %s (%s)", error.code, error)
     return ConverterError(
         502,
         "upstream_error",
-        "The AI model didn't answer. Try again in a moment; nothing was charged.",
+        "The AI model didn't answer. Try again in a moment." + _NOTHING_CHARGED,
     )
