@@ -1,25 +1,83 @@
 /*
- * app.js: the converter page's own behaviour. htmx sends the form and swaps the answer;
- * this file adds what htmx can't know about, in three parts:
+ * app.js: the converter page's own behaviour. htmx does the requests and the swaps; this
+ * file adds what htmx can't know about, in four parts:
  *
- * 1. hx-ext="wattfare-grant": the htmx twin of the seed's
+ * 1. The plan. Choosing a file makes htmx POST it to /api/convert/plan (the file input's
+ *    hx-post); the answer in #plan says "This file needs N AI requests" and carries N in
+ *    data-requests. A file that is too large or of the wrong type is caught here first,
+ *    before anything is sent (htmx:confirm).
+ * 2. The grant: the htmx twin of the seed's
  *      const result = await wf.requestGrant({ requests, maxUsd });
  *      if (!result) return;  // denied or closed: nothing is sent
- *    Before the form is posted (htmx:confirm) it asks for a grant, unless it holds one
- *    with requests left; then it lets htmx send the form with the token as `grantToken`.
- *    The server reports what the grant has left in an HX-Trigger event, `wattfare:grant`;
- *    at 0 (or after a 402 "grant used up") the token is forgotten and the next
- *    conversion asks again. The token lives in this closure only: never in storage.
- * 2. The file picker: drop a file, see its name and size, and catch a file that is too
- *    large or of the wrong type before anyone is asked to approve anything.
- * 3. Copy buttons: <button data-copy="#selector"> copies that element's text.
+ *    Convert with AI asks for N requests (plus the extra ones chosen), unless the page
+ *    holds a grant with N left. The token lives in this closure only, never in storage;
+ *    it is forgotten when the server says the grant has 0 left (data-grant-balance).
+ * 3. The stream. The conversion card (#conversion-template) uses the htmx SSE extension
+ *    with `sse-connect` on /api/convert. EventSource can only GET, and the upload is a
+ *    POST, so `htmx.createEventSource` (the extension's hook) is replaced by
+ *    PostedEventSource: it POSTs the form with fetch and parses the server-sent events
+ *    of the response. Nothing is stored between requests; the parts are swapped in by
+ *    the extension as they arrive.
+ * 4. Copy buttons: <button data-copy="#selector"> copies that element's text.
  *
  * Configuration arrives through data attributes (templates/index.html); no inline script.
  */
 (function () {
   "use strict";
 
-  // ---- 1. the grant extension -----------------------------------------------------------
+  // ---- 1. the plan ------------------------------------------------------------------------
+
+  function say(form, text) {
+    const notice = form && form.querySelector("[data-notice]");
+    if (notice) notice.textContent = text;
+  }
+
+  function formatSize(bytes) {
+    if (bytes < 1024) return bytes === 1 ? "1 byte" : `${bytes} bytes`;
+    const [value, unit] = bytes < 1024 * 1024 ? [bytes / 1024, "KB"] : [bytes / 1048576, "MB"];
+    return `${value.toFixed(1).replace(/\.0$/, "")} ${unit}`;
+  }
+
+  function fileProblem(input) {
+    const file = input.files[0];
+    if (!file) return "Choose a file to convert.";
+    const max = Number(input.dataset.maxBytes);
+    const extension = file.name.includes(".") ? file.name.slice(file.name.lastIndexOf(".")) : "";
+    const accepted = input.accept.split(",");
+    if (!accepted.includes(extension.toLowerCase())) {
+      return `${file.name} isn't a file type the converter reads. Choose a ${accepted.join(" ")} file.`;
+    }
+    if (file.size === 0) return `${file.name} is empty. Choose a file with some text in it.`;
+    if (file.size > max) {
+      return `${file.name} is ${formatSize(file.size)}, over the ${formatSize(max)} limit. Choose a smaller file or split it.`;
+    }
+    return null;
+  }
+
+  function planned(form) {
+    // What /api/convert/plan said about the chosen file: { requests } or { error }.
+    const plan = form.querySelector("#plan [data-plan]");
+    if (!plan) return null;
+    if (plan.dataset.planError) return { error: plan.textContent.trim() };
+    return { requests: Number.parseInt(plan.dataset.requests, 10) };
+  }
+
+  document.addEventListener("htmx:confirm", (event) => {
+    const input = event.detail.elt;
+    if (input.id !== "file") return;
+    const form = input.form;
+    form.querySelector("#plan").textContent = "";
+    const problem = fileProblem(input);
+    if (problem !== null) {
+      event.preventDefault(); // no plan request for a file we already know is wrong
+      say(form, `${problem} Nothing was sent.`);
+      return;
+    }
+    say(form, "");
+    form.querySelector("#plan").textContent = "Counting the AI requests this file needs…";
+  });
+
+  // ---- 2. the grant -----------------------------------------------------------------------
 
   let grant = null; // { token, remaining, expiresAt } while it has requests left
   let wattfare = null; // the wattfare.js client, made from the form's data-wattfare-* attributes
@@ -35,52 +93,21 @@
     return wattfare;
   }
 
-  function usable(held) {
+  function usable(held, needed) {
     // Leave a few seconds for the upload: a token that expires in flight is a 402.
-    return held !== null && held.remaining > 0 && held.expiresAt * 1000 > Date.now() + 10000;
+    return (
+      held !== null && held.remaining >= needed && held.expiresAt * 1000 > Date.now() + 10000
+    );
   }
 
-  function approvalFrom(form) {
-    const requests = Number.parseInt(form.elements.requests.value, 10) || 1;
+  function approvalFor(form, needed) {
+    const max = Number.parseInt(form.dataset.maxRequests, 10) || needed;
+    const extra = Number.parseInt(form.elements.extra.value, 10) || 0;
     const cap = form.elements.maxUsd.value.trim();
-    return { requests, maxUsd: cap === "" ? null : Number(cap) };
-  }
-
-  function askForGrantThenSend(event) {
-    const form = event.detail.elt;
-    say(form, "");
-    if (!fileIsConvertible(form)) return false;
-    if (usable(grant)) return true; // spend the grant we hold: no popup
-    grant = null;
-
-    // requestGrant opens the popup synchronously, inside this click: keep it first.
-    let pending;
-    try {
-      pending = client(form).requestGrant(approvalFrom(form));
-    } catch (error) {
-      say(form, messageFor(error));
-      return false;
-    }
-    form.setAttribute("aria-busy", "true");
-    pending
-      .then(
-        (result) => {
-          if (!result) {
-            say(form, "No grant was approved, so nothing was sent.");
-            return;
-          }
-          grant = {
-            token: result.grantToken,
-            remaining: result.requests,
-            expiresAt: result.expiresAt,
-          };
-          showGrant(form);
-          event.detail.issueRequest(true); // now send the form, with the token
-        },
-        (error) => say(form, messageFor(error)),
-      )
-      .finally(() => form.removeAttribute("aria-busy"));
-    return false; // hold the request until the popup answers
+    return {
+      requests: Math.min(needed + extra, Math.max(max, needed)),
+      maxUsd: cap === "" ? null : Number(cap),
+    };
   }
 
   function messageFor(error) {
@@ -100,13 +127,6 @@
     }
   }
 
-  function updateGrant(form, balance) {
-    if (grant === null) return;
-    if (typeof balance.remaining === "number") grant.remaining = balance.remaining;
-    if (!usable(grant)) grant = null;
-    showGrant(form);
-  }
-
   function showGrant(form) {
     const status = form.querySelector("[data-grant-status]");
     if (!status) return;
@@ -115,76 +135,197 @@
     status.textContent =
       n === 0
         ? ""
-        : `${n} approved ${n === 1 ? "conversion" : "conversions"} left: the next file won't ask again.`;
+        : `${n} approved ${n === 1 ? "request" : "requests"} left: the next file won't ask again if that is enough.`;
   }
 
-  htmx.defineExtension("wattfare-grant", {
-    onEvent(name, event) {
-      const form = event.detail && event.detail.elt;
-      switch (name) {
-        case "htmx:confirm":
-          return askForGrantThenSend(event);
-        case "htmx:configRequest":
-          if (grant !== null) event.detail.parameters.grantToken = grant.token;
-          return true;
-        case "htmx:beforeRequest":
-          say(form, `Converting ${fileName(form)}…`);
-          return true;
-        case "htmx:afterRequest":
-          if (event.detail.failed && !event.detail.xhr.status) {
-            say(form, "The server couldn't be reached. Check your connection and try again.");
-          } else {
-            say(form, "");
-          }
-          return true;
-        case "wattfare:grant": // HX-Trigger from /api/convert: what the grant has left
-          updateGrant(form, event.detail);
-          return true;
-        default:
-          return true;
-      }
-    },
-  });
-
-  // ---- 2. the file picker ----------------------------------------------------------------
-
-  function say(form, text) {
-    const notice = form && form.querySelector("[data-notice]");
-    if (notice) notice.textContent = text;
-  }
-
-  function fileName(form) {
-    const file = form.elements.file.files[0];
-    return file ? file.name : "your file";
-  }
-
-  function formatSize(bytes) {
-    if (bytes < 1024) return bytes === 1 ? "1 byte" : `${bytes} bytes`;
-    const [value, unit] = bytes < 1024 * 1024 ? [bytes / 1024, "KB"] : [bytes / 1048576, "MB"];
-    return `${value.toFixed(1).replace(/\.0$/, "")} ${unit}`;
-  }
-
-  function fileIsConvertible(form) {
-    const input = form.elements.file;
-    if (!form.reportValidity()) return false; // no file chosen, or a cap out of range
-    const file = input.files[0];
-    const max = Number(input.dataset.maxBytes);
-    const extension = file.name.includes(".") ? file.name.slice(file.name.lastIndexOf(".")) : "";
-    const accepted = input.accept.split(",");
-    let problem = null;
-    if (!accepted.includes(extension.toLowerCase())) {
-      problem = `${file.name} isn't a file type the converter reads. Choose a ${accepted.join(" ")} file.`;
-    } else if (file.size === 0) {
-      problem = `${file.name} is empty. Choose a file with some text in it.`;
-    } else if (file.size > max) {
-      problem = `${file.name} is ${formatSize(file.size)}, over the ${formatSize(max)} limit. Choose a smaller file or split it.`;
-    }
+  function onSubmit(event) {
+    const form = event.target;
+    if (form.id !== "convert-form") return;
+    event.preventDefault();
+    say(form, "");
+    if (!form.reportValidity()) return; // no file chosen, or a cap out of range
+    const problem = fileProblem(form.elements.file);
     if (problem !== null) {
       say(form, `${problem} Nothing was sent.`);
-      return false;
+      return;
     }
-    return true;
+    const plan = planned(form);
+    if (plan === null) {
+      say(form, "Still counting the AI requests this file needs: try again in a moment.");
+      return;
+    }
+    if (plan.error) {
+      say(form, `${plan.error} Nothing was sent.`);
+      return;
+    }
+    if (usable(grant, plan.requests)) {
+      startConversion(form); // spend the grant we hold: no popup
+      return;
+    }
+    grant = null;
+    showGrant(form);
+
+    // requestGrant opens the popup synchronously, inside this click: keep it first.
+    let pending;
+    try {
+      pending = client(form).requestGrant(approvalFor(form, plan.requests));
+    } catch (error) {
+      say(form, messageFor(error));
+      return;
+    }
+    form.setAttribute("aria-busy", "true");
+    pending
+      .then(
+        (result) => {
+          if (!result) {
+            say(form, "No grant was approved, so nothing was sent.");
+            return;
+          }
+          grant = {
+            token: result.grantToken,
+            remaining: result.requests,
+            expiresAt: result.expiresAt,
+          };
+          showGrant(form);
+          startConversion(form);
+        },
+        (error) => say(form, messageFor(error)),
+      )
+      .finally(() => form.removeAttribute("aria-busy"));
   }
+
+  document.addEventListener("submit", onSubmit);
+
+  function updateGrant(balance) {
+    const form = document.getElementById("convert-form");
+    if (grant !== null && balance.grantRemaining !== "") {
+      grant.remaining = Number.parseInt(balance.grantRemaining, 10) || 0;
+      if (grant.remaining <= 0) grant = null;
+    }
+    if (form) showGrant(form);
+  }
+
+  // ---- 3. the stream ----------------------------------------------------------------------
+
+  let pendingUpload = null; // the form data the next PostedEventSource sends
+
+  function startConversion(form) {
+    const body = new FormData(form);
+    body.set("grantToken", grant.token);
+    body.delete("extra");
+    body.delete("maxUsd");
+    const card = document.getElementById("conversion-template").content.cloneNode(true);
+    const result = document.getElementById("result");
+    say(form, `Converting ${form.elements.file.files[0].name}…`);
+    form.querySelector("#convert-button").disabled = true;
+    pendingUpload = body;
+    result.replaceChildren(card);
+    htmx.process(result); // the extension's sse-connect now calls htmx.createEventSource
+    pendingUpload = null;
+  }
+
+  const LOST =
+    '<p class="callout callout--danger" role="alert">The connection to the server was lost. ' +
+    "The parts shown above arrived and were charged; convert the file again for the rest.</p>";
+
+  /** An EventSource-like reader of a POST's text/event-stream answer (see the top). */
+  class PostedEventSource extends EventTarget {
+    constructor(url, body) {
+      super();
+      this.url = url;
+      this.withCredentials = false;
+      this.readyState = 0; // CONNECTING; 1 OPEN; 2 CLOSED (only by close())
+      this.onopen = null;
+      this.onerror = null; // never called: the extension would reconnect, uploading again
+      this.controller = new AbortController();
+      this.run(body);
+    }
+
+    close() {
+      this.readyState = 2;
+      this.controller.abort();
+    }
+
+    emit(name, data) {
+      this.dispatchEvent(new MessageEvent(name, { data }));
+    }
+
+    async run(body) {
+      let response;
+      try {
+        response = await fetch(this.url, {
+          method: "POST",
+          body,
+          credentials: "same-origin",
+          headers: { "HX-Request": "true", Accept: "text/event-stream" },
+          signal: this.controller.signal,
+        });
+      } catch {
+        if (this.readyState !== 2) this.emit("lost", LOST);
+        return;
+      }
+      const type = response.headers.get("Content-Type") || "";
+      if (!response.ok || !type.startsWith("text/event-stream")) {
+        // Refused before the stream began (a used-up grant, a bad file): a fragment.
+        const html = await response.text().catch(() => "");
+        if (this.readyState !== 2) this.emit("refused", html || LOST);
+        return;
+      }
+      this.readyState = 1;
+      if (this.onopen) this.onopen(new Event("open"));
+      const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+      let buffer = "";
+      try {
+        for (;;) {
+          const { value, done } = await reader.read();
+          if (done) break;
+          buffer += value;
+          let end;
+          while ((end = buffer.indexOf("\n\n")) !== -1) {
+            this.dispatch(buffer.slice(0, end));
+            buffer = buffer.slice(end + 2);
+          }
+        }
+      } catch {
+        // fall through: a stream that breaks before its `done` event is lost
+      }
+      if (this.readyState !== 2) this.emit("lost", LOST);
+    }
+
+    dispatch(block) {
+      // One event of the text/event-stream format: event, data lines, comments.
+      let name = "message";
+      const data = [];
+      for (const line of block.split("\n")) {
+        if (line === "" || line.startsWith(":")) continue;
+        const colon = line.indexOf(":");
+        const field = colon === -1 ? line : line.slice(0, colon);
+        let value = colon === -1 ? "" : line.slice(colon + 1);
+        if (value.startsWith(" ")) value = value.slice(1);
+        if (field === "event") name = value;
+        else if (field === "data") data.push(value);
+      }
+      if (data.length > 0) this.emit(name, data.join("\n"));
+    }
+  }
+
+  htmx.createEventSource = function (url) {
+    const body = pendingUpload;
+    pendingUpload = null;
+    if (body === null) throw new Error("a conversion stream needs the form's upload");
+    return new PostedEventSource(url, body);
+  };
+
+  function conversionEnded(root) {
+    const form = document.getElementById("convert-form");
+    if (!form) return;
+    const card = root.closest ? root.closest(".conversion") : null;
+    if (card) card.removeAttribute("aria-busy");
+    form.querySelector("#convert-button").disabled = false;
+    say(form, "");
+  }
+
+  // ---- the file picker and what each swap brings -----------------------------------------
 
   function showFile(zone, input) {
     const info = zone.querySelector("[data-file-info]");
@@ -192,7 +333,6 @@
     info.hidden = !file;
     info.textContent = file ? `${file.name} · ${formatSize(file.size)}` : "";
     zone.classList.toggle("has-file", Boolean(file));
-    say(input.form, "");
   }
 
   function setUpDropzone(zone) {
@@ -216,11 +356,21 @@
     showFile(zone, input); // a file kept by the browser across a reload
   }
 
+  function within(root, selector) {
+    const found = Array.from(root.querySelectorAll ? root.querySelectorAll(selector) : []);
+    if (root.matches && root.matches(selector)) found.unshift(root);
+    return found;
+  }
+
   htmx.onLoad((root) => {
-    for (const zone of root.querySelectorAll("[data-dropzone]")) setUpDropzone(zone);
+    for (const zone of within(root, "[data-dropzone]")) setUpDropzone(zone);
+    for (const balance of within(root, "[data-grant-balance]")) updateGrant(balance.dataset);
+    // The end of a conversion: its `done` footer, or an alert in place of the stream.
+    const inResult = root.closest && root.closest("#result");
+    if (inResult && within(root, "[data-done], [role=alert]").length > 0) conversionEnded(root);
   });
 
-  // ---- 3. copy buttons -------------------------------------------------------------------
+  // ---- 4. copy buttons --------------------------------------------------------------------
 
   document.addEventListener("click", async (event) => {
     const button = event.target.closest("[data-copy]");

@@ -1,13 +1,14 @@
 """`ConverterPage`: the demo's converter page (/) as a visitor uses it.
 
     converter = ConverterPage.open(page, live_server.url)
-    converter.choose_file("report.html", HTML)
-    popup = converter.convert_expecting_popup()   # a tests.e2e.pages.ConsentPopup
+    converter.choose_file("report.html", HTML)     # waits for "This file needs N AI requests"
+    popup = converter.convert_expecting_popup()    # a tests.e2e.pages.ConsentPopup
     popup.approve()
-    converter.expect_result("report.md", remaining=0)
+    converter.expect_result("report.md", remaining=0)   # the stream's `done` has arrived
 
 It also records what the page did behind the visitor's back (popups opened, POSTs to
-/api/convert), so tests can say "nothing was sent" without waiting for anything.
+/api/convert and /api/convert/plan), so tests can say "nothing was sent" without waiting
+for anything.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ MIME = {
     ".txt": "text/plain",
     ".json": "application/json",
     ".pdf": "application/pdf",
+    ".docx": "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
 }
 
 
@@ -33,13 +35,17 @@ class ConverterPage:
         self.page = page
         self.file_input = page.get_by_label("Choose a file")
         self.file_info = page.locator("[data-file-info]")
-        self.requests_select = page.get_by_label("Conversions to approve at once")
+        self.extra_select = page.get_by_label("Extra requests for your next files")
+        self.plan = page.locator("#plan")
         self.cap_input = page.get_by_label("Dollar cap")
         self.convert_button = page.get_by_role("button", name="Convert with AI")
         self.notice = page.locator("[data-notice]")
         self.grant_status = page.locator("[data-grant-status]")
         self.how_it_works = page.get_by_role("heading", name="How it works")
         self.result_title = page.locator("#result-title")
+        self.progress = page.locator("#result .progress")
+        self.parts = page.locator("[data-preview] .part")
+        self.done = page.locator("[data-done]")
         self.preview = page.locator("[data-preview]")
         self.markdown = page.locator("#markdown-source")
         self.remaining = page.locator("[data-remaining]")
@@ -49,6 +55,7 @@ class ConverterPage:
         self.download_link = page.get_by_role("link", name="Download .md")
         self.popups: list[Page] = []
         self.convert_posts: list[Request] = []
+        self.plan_posts: list[Request] = []
         page.on("popup", lambda popup: self.popups.append(popup))
         page.on("request", self._record)
 
@@ -64,19 +71,31 @@ class ConverterPage:
     def _record(self, request: Request) -> None:
         if request.method == "POST" and request.url.endswith("/api/convert"):
             self.convert_posts.append(request)
+        elif request.method == "POST" and request.url.endswith("/api/convert/plan"):
+            self.plan_posts.append(request)
 
     # --- what a visitor does ------------------------------------------------------------
 
-    def choose_file(self, name: str, content: str | bytes, mime: str | None = None) -> None:
+    def choose_file(
+        self, name: str, content: str | bytes, mime: str | None = None, *, planned: bool = True
+    ) -> None:
+        """Pick a file; with `planned`, wait for the page to say what it needs (or can't)."""
         data = content.encode() if isinstance(content, str) else content
         extension = name[name.rfind(".") :] if "." in name else ""
         self.file_input.set_input_files(
             {"name": name, "mimeType": mime or MIME.get(extension, "text/plain"), "buffer": data}
         )
         expect(self.file_info).to_contain_text(name)
+        if planned:
+            expect(self.plan.locator("[data-plan]")).to_be_visible()
 
-    def approve_at_once(self, requests: int, max_usd: str | None = None) -> None:
-        self.requests_select.select_option(str(requests))
+    def expect_plan(self, requests: int) -> None:
+        word = "request" if requests == 1 else "requests"
+        expect(self.plan).to_contain_text(f"This file needs {requests} AI {word}")
+
+    def approve_extra(self, extra: int, max_usd: str | None = None) -> None:
+        """Ask for `extra` requests beyond what the file needs (and a dollar cap)."""
+        self.extra_select.select_option(str(extra))
         if max_usd is not None:
             self.cap_input.fill(max_usd)
 
@@ -106,6 +125,7 @@ class ConverterPage:
         word = "request" if remaining == 1 else "requests"
         expect(self.remaining).to_have_text(f"{remaining} {word} remaining")
         expect(self.notice).to_be_empty()
+        expect(self.convert_button).to_be_enabled()
 
     def expect_notice(self, text: str | re.Pattern[str]) -> None:
         expect(self.notice).to_contain_text(text)
