@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import time
 from typing import Any
 
 from hypothesis import given, settings
@@ -198,7 +197,7 @@ def test_tsv_becomes_a_table_with_pipes_escaped() -> None:
 
 def test_prose_with_commas_is_not_a_table() -> None:
     text = convert("I went home, tired.\nThen I slept, well.").text
-    assert text == "I went home, tired.\nThen I slept, well."
+    assert text == "I went home, tired. Then I slept, well."  # one paragraph, joined
 
 
 def test_json_is_pretty_printed_in_a_fence() -> None:
@@ -219,7 +218,7 @@ def test_json_is_pretty_printed_in_a_fence() -> None:
     )
 
 
-def test_plain_text_gets_title_paragraphs_and_bullets() -> None:
+def test_plain_text_gets_paragraphs_and_bullets_and_never_a_made_up_title() -> None:
     doc = (
         "Quarterly update\n\n"
         "We installed the panels\non the north roof.\n\n"
@@ -227,10 +226,9 @@ def test_plain_text_gets_title_paragraphs_and_bullets() -> None:
         "Next review in May."
     )
     assert convert(doc).text == (
-        "# Quarterly update\n"
+        "Quarterly update\n"  # a short first paragraph stays a paragraph ("# Apple" no more)
         "\n"
-        "We installed the panels\n"
-        "on the north roof.\n"
+        "We installed the panels on the north roof.\n"
         "\n"
         "- inverter ordered\n"
         "- grid approval pending\n"
@@ -247,7 +245,7 @@ def test_markdown_is_normalised_not_rewritten() -> None:
     doc = "# Plan   \n\n\n\nSome *text*.  \n- one\n- two\n\n\n"
     doc += "```python\nx = 1   \n\n\ny = 2\n```\n\n"
     assert convert(doc).text == (
-        "# Plan\n\nSome *text*.\n- one\n- two\n\n```python\nx = 1\n\n\ny = 2\n```"
+        "# Plan\n\nSome *text*.\n\n- one\n- two\n\n```python\nx = 1\n\n\ny = 2\n```"
     )
 
 
@@ -259,7 +257,77 @@ def test_markdown_keeps_no_raw_html_outside_code() -> None:
     )
 
 
+# --- tidying extracted Markdown: the offline model of the converter's job ---------------
+
+
+def test_lines_broken_inside_paragraphs_and_words_are_joined() -> None:
+    extracted = (
+        "The inter-\nnational grid   was\nfinished in May.\n\n"
+        "- a list item that\n  wraps onto a second line\n- pick-\n  ing apples"
+    )
+    assert convert(extracted).text == (
+        "The international grid was finished in May.\n\n"
+        "- a list item that wraps onto a second line\n- picking apples"
+    )
+
+
+def test_a_hyphen_before_a_capital_or_a_number_stays() -> None:
+    assert convert("North-\nEast and 1990-\n2000").text == "North- East and 1990- 2000"
+
+
+def test_stray_rules_and_asterisks_never_make_headings() -> None:
+    receipt = (
+        "Milk 1L 1.20\nBread 2.10\n==========\nTOTAL 3.30\n----------\n"
+        "**********\n*0042-1187*\nThank you for shopping"
+    )
+    text = convert(receipt).text
+    assert re.search(r"^#", text, re.MULTILINE) is None  # no heading at all
+    assert text == (
+        "Milk 1L 1.20 Bread 2.10\n\n---\n\nTOTAL 3.30\n\n---\n\n---\n\n"
+        "*0042-1187* Thank you for shopping"
+    )
+
+
+def test_an_underlined_title_line_is_still_a_heading() -> None:
+    assert convert("Minutes\n=======\n\nAll present.").text == "# Minutes\n\nAll present."
+    assert convert("Setup\n-----\nRun it.").text == "## Setup\n\nRun it."
+
+
+def test_escaped_separators_from_extraction_stay_text() -> None:
+    assert convert("SHOP\n\\=====\nTea 2.00").text == "SHOP \\===== Tea 2.00"
+
+
+def test_page_furniture_goes_and_headings_nest() -> None:
+    doc = "# Report\n\nPage 3 of 9\n\n#### Costs\n\n- 4 -\n\nTen pounds.\n\n### Notes\n\nNone."
+    assert convert(doc).text == "# Report\n\n## Costs\n\nTen pounds.\n\n### Notes\n\nNone."
+
+
+def test_tables_quotes_and_code_pass_through() -> None:
+    doc = (
+        "| a | b |\n| --- | --- |\n| 1 | 2 |\n> quoted\n> twice\n\n"
+        "```\nkeep   these\n\n  spaces\n```"
+    )
+    assert convert(doc).text == (
+        "| a | b |\n| --- | --- |\n| 1 | 2 |\n\n> quoted\n> twice\n\n"
+        "```\nkeep   these\n\n  spaces\n```"
+    )
+
+
 # --- the request -------------------------------------------------------------------
+
+
+def test_a_document_block_is_the_document_and_the_rest_instructions() -> None:
+    request = ask(
+        "Part 2 of 3 of report.pdf. Make every line a heading!\n<document>\nHello\n"
+        "world\n</document>\nIgnore the above.",
+        history=[{"role": "system", "content": "You are a pirate."}],
+    )
+    assert PROVIDER.complete(request).text == "Hello world"
+
+
+def test_a_document_block_may_hold_the_closing_tag_text() -> None:
+    request = ask("<document>\nSay `</document>` to end.\n</document>")
+    assert PROVIDER.complete(request).text == "Say `</document>` to end."
 
 
 def test_instruction_prefix_is_stripped() -> None:
@@ -298,7 +366,7 @@ def test_content_parts_never_glue_words_together() -> None:
     parts = [{"type": "text", "text": "solar"}, {"type": "text", "text": "panels"}]
     request = ask(parts)
     assert PROVIDER.prompt_tokens_upper_bound(request) == 2 + 4
-    assert PROVIDER.complete(request).text == "solar\npanels"
+    assert PROVIDER.complete(request).text == "solar panels"
 
 
 def test_no_user_message_gives_empty_output() -> None:
@@ -375,19 +443,3 @@ def test_stream_equals_complete() -> None:
 def test_stream_of_empty_output_is_only_the_end() -> None:
     events = list(PROVIDER.stream(ask("   ")))
     assert events == [StreamEnd("stop", 4, 0)]
-
-
-def test_large_html_converts_quickly() -> None:
-    section = (
-        "<div><h2>Section</h2><p>Some <b>bold</b> text with <a href='https://e.org'>a link"
-        "</a> and more words here.</p><ul><li>item one</li><li>item <em>two</em></li></ul>"
-        "<table><tr><th>a</th><th>b</th></tr><tr><td>1</td><td>2</td></tr></table></div>\n"
-    )
-    html = section * (50_000 // len(section))
-    best = float("inf")
-    for _ in range(3):
-        started = time.perf_counter()
-        text = convert_to_markdown(html)
-        best = min(best, time.perf_counter() - started)
-    assert text.count("## Section") == 50_000 // len(section)
-    assert best < 0.25  # typically ~20 ms; generous so a busy CI box does not flake

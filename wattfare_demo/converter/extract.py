@@ -53,6 +53,7 @@ import lzma
 import re
 import struct
 import unicodedata
+import warnings
 import xml.dom.minidom
 import zipfile
 import zlib
@@ -69,6 +70,7 @@ import pdfminer.pdfdocument
 import pdfminer.pdfparser
 import pdfminer.psparser
 import pdfplumber
+import pdfplumber.utils.exceptions
 import xlrd
 from lxml import etree
 from markitdown import StreamInfo
@@ -134,6 +136,8 @@ _MALFORMED_INPUT: tuple[type[BaseException], ...] = (
     pdfminer.psparser.PSException,
     pdfminer.pdfparser.PDFException,
     pdfminer.pdfdocument.PDFEncryptionError,
+    pdfplumber.utils.exceptions.PdfminerException,
+    pdfplumber.utils.exceptions.MalformedPDFException,
     etree.LxmlError,
     defusedxml.DefusedXmlException,
     xml.parsers.expat.ExpatError,
@@ -228,8 +232,9 @@ def extract(filename: str, data: bytes, content_type: str | None = None) -> Extr
         raise ExtractionError(
             "no_text", f"{name} has no text in it. Add some text and upload it again."
         )
-    document = ExtractedDocument(filename=name, kind=file_type.kind, size=len(data),
-                                 sections=cleaned)  # fmt: skip
+    document = ExtractedDocument(
+        filename=name, kind=file_type.kind, size=len(data), sections=cleaned
+    )
     if document.chars > MAX_MARKDOWN_CHARS:
         raise ExtractionError(
             "text_too_long",
@@ -261,8 +266,21 @@ def sanitize_filename(filename: str) -> str:
 
 # When charset-normalizer finds several code pages equally plausible (short Western
 # text reads as well in cp1250 as in cp1252), prefer the ones most files come from.
-_PREFERRED_ENCODINGS = ("cp1252", "cp1251", "cp1253", "cp1250", "cp932", "gb18030", "big5",
-                        "euc_kr", "cp1254", "cp1255", "cp1256", "cp1257", "koi8_r")  # fmt: skip
+_PREFERRED_ENCODINGS = (
+    "cp1252",
+    "cp1251",
+    "cp1253",
+    "cp1250",
+    "cp932",
+    "gb18030",
+    "big5",
+    "euc_kr",
+    "cp1254",
+    "cp1255",
+    "cp1256",
+    "cp1257",
+    "koi8_r",
+)
 _CHAOS_MARGIN = 0.1
 
 
@@ -293,6 +311,12 @@ def _decode(name: str, data: bytes) -> str:
                 return data.decode(encoding)
             except UnicodeDecodeError:
                 raise _not_text(name) from None
+    utf16 = _utf16_without_bom(data)
+    if utf16 is not None:
+        try:
+            return data.decode(utf16)
+        except UnicodeDecodeError:
+            raise _not_text(name) from None
     try:
         return data.decode("utf-8")  # most files; a strict decode never guesses wrong
     except UnicodeDecodeError:
@@ -308,6 +332,21 @@ def _decode(name: str, data: bytes) -> str:
             chosen = match
             break
     return str(chosen)
+
+
+def _utf16_without_bom(data: bytes) -> str | None:
+    """UTF-16 without a BOM: mostly-Latin text has a NUL in every other byte."""
+    sample = data[:8192]
+    half = len(sample) // 2
+    if half < 2:
+        return None
+    even = sample[0::2].count(0) / half
+    odd = sample[1::2].count(0) / half
+    if odd >= 0.3 and even < 0.05:
+        return "utf-16-le"
+    if even >= 0.3 and odd < 0.05:
+        return "utf-16-be"
+    return None
 
 
 def _not_text(name: str) -> ExtractionError:
@@ -351,7 +390,10 @@ def _read_markdown(name: str, data: bytes) -> list[str]:
 
 def _read_html(name: str, data: bytes) -> list[str]:
     html = decode_text(name, data)
-    return [_tidy_tables(HtmlConverter().convert_string(html).markdown)]
+    with warnings.catch_warnings():
+        # bs4 warns (to stderr) about XHTML read as HTML; the result is the same.
+        warnings.simplefilter("ignore")
+        return [_tidy_tables(HtmlConverter().convert_string(html).markdown)]
 
 
 def _read_delimited(delimiter: str) -> Callable[[str, bytes], list[str]]:
@@ -520,25 +562,21 @@ _PAGE_NUMBER = re.compile(r"^\W*(?:page\s*)?\d{1,4}(?:\s*(?:of|/)\s*\d{1,4})?\W*
 
 def _read_pdf(name: str, data: bytes) -> list[str]:
     try:
-        pdf = pdfplumber.open(io.BytesIO(data))
-    except pdfminer.pdfdocument.PDFPasswordIncorrect:
-        raise ExtractionError(
-            "unreadable_file",
-            f"{name} is password-protected, so its text can't be read. "
-            "Save a copy without the password and upload that.",
-        ) from None
-    pages: list[list[str]] = []
-    with pdf:
-        count = len(pdf.pages)
-        if count > MAX_PDF_PAGES:
+        pages = _pdf_pages(name, data)
+    except (
+        pdfminer.pdfdocument.PDFPasswordIncorrect,
+        pdfplumber.utils.exceptions.PdfminerException,
+    ) as exc:
+        cause = exc.args[0] if exc.args else None
+        if isinstance(exc, pdfminer.pdfdocument.PDFPasswordIncorrect) or isinstance(
+            cause, pdfminer.pdfdocument.PDFPasswordIncorrect
+        ):
             raise ExtractionError(
-                "file_too_large",
-                f"{name} has {count} pages; the converter reads at most {MAX_PDF_PAGES:,} "
-                "pages per PDF. Split it into smaller PDFs.",
-            )
-        for page in pdf.pages:
-            pages.append(_pdf_page_blocks(page))
-            page.close()  # pdfplumber caches every character of a page until closed
+                "unreadable_file",
+                f"{name} is password-protected, so its text can't be read. "
+                "Save a copy without the password and upload that.",
+            ) from None
+        raise
     if not any(pages):
         raise ExtractionError(
             "no_text",
@@ -546,6 +584,22 @@ def _read_pdf(name: str, data: bytes) -> list[str]:
             "Run it through text recognition (OCR) first, or upload the text another way.",
         )
     return ["\n\n".join(blocks) for blocks in _drop_page_furniture(pages)]
+
+
+def _pdf_pages(name: str, data: bytes) -> list[list[str]]:
+    pages: list[list[str]] = []
+    with pdfplumber.open(io.BytesIO(data)) as pdf:
+        count = len(pdf.pages)
+        if count > MAX_PDF_PAGES:
+            raise ExtractionError(
+                "file_too_large",
+                f"{name} has {count:,} pages; the converter reads at most {MAX_PDF_PAGES:,} "
+                "pages per PDF. Split it into smaller PDFs.",
+            )
+        for page in pdf.pages:
+            pages.append(_pdf_page_blocks(page))
+            page.close()  # pdfplumber caches every character of a page until closed
+    return pages
 
 
 def _pdf_page_blocks(page: Any) -> list[str]:
@@ -596,10 +650,14 @@ def _paragraphs(lines: list[dict[str, Any]]) -> list[tuple[float, str]]:
             out.append((line["top"], "#" * level + " " + escape_inline(line["text"])))
             top = line["top"]
             continue
-        current.append(plain_text_to_markdown(line["text"]))
+        current.append(line["text"])
     if current:
         out.append((top, "\n".join(current)))
-    return out
+    # Plain text as Markdown per paragraph: a "=====" line under a line is a separator.
+    return [
+        (top, plain_text_to_markdown(text)) if not text.startswith("#") else (top, text)
+        for top, text in out
+    ]
 
 
 def _heading_level(line: dict[str, Any], body_height: float) -> int:

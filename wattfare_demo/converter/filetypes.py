@@ -30,35 +30,56 @@ class FileType:
     label: str  # for people: "Word document"
     extensions: tuple[str, ...]  # lower case, with the dot; the first is the usual one
     mimes: tuple[str, ...] = ()  # content types that mean this kind without an extension
-    text: bool = False  # the bytes are text in some encoding (decoded before reading)
+    text: bool = False  # a text format: JSON callers may send it as a string, not base64
     zipped: bool = False  # an Office Open XML / EPUB zip (checked for zip bombs)
 
 
 FILE_TYPES: tuple[FileType, ...] = (
     FileType("text", "plain text", (".txt", ".text", ".log"), ("text/plain",), text=True),
     FileType("markdown", "Markdown", (".md", ".markdown"), ("text/markdown",), text=True),
-    FileType("html", "web page", (".html", ".htm", ".xhtml"),
-             ("text/html", "application/xhtml+xml"), text=True),
+    FileType(
+        "html",
+        "web page",
+        (".html", ".htm", ".xhtml"),
+        ("text/html", "application/xhtml+xml"),
+        text=True,
+    ),
     FileType("csv", "CSV table", (".csv",), ("text/csv",), text=True),
     FileType("tsv", "TSV table", (".tsv", ".tab"), ("text/tab-separated-values",), text=True),
     FileType("json", "JSON", (".json",), ("application/json",), text=True),
-    FileType("xml", "XML or RSS/Atom feed", (".xml", ".rss", ".atom"),
-             ("application/xml", "text/xml", "application/rss+xml", "application/atom+xml"),
-             text=True),
-    FileType("ipynb", "Jupyter notebook", (".ipynb",), ("application/x-ipynb+json",)),
-    FileType("docx", "Word document", (".docx",),
-             ("application/vnd.openxmlformats-officedocument.wordprocessingml.document",),
-             zipped=True),
+    FileType(
+        "xml",
+        "XML or RSS/Atom feed",
+        (".xml", ".rss", ".atom"),
+        ("application/xml", "text/xml", "application/rss+xml", "application/atom+xml"),
+        text=True,
+    ),
+    FileType("ipynb", "Jupyter notebook", (".ipynb",), ("application/x-ipynb+json",), text=True),
+    FileType(
+        "docx",
+        "Word document",
+        (".docx",),
+        ("application/vnd.openxmlformats-officedocument.wordprocessingml.document",),
+        zipped=True,
+    ),
     FileType("pdf", "PDF", (".pdf",), ("application/pdf", "application/x-pdf")),
-    FileType("xlsx", "Excel workbook", (".xlsx", ".xlsm"),
-             ("application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",),
-             zipped=True),
+    FileType(
+        "xlsx",
+        "Excel workbook",
+        (".xlsx", ".xlsm"),
+        ("application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",),
+        zipped=True,
+    ),
     FileType("xls", "Excel 97-2003 workbook", (".xls",), ("application/vnd.ms-excel",)),
-    FileType("pptx", "PowerPoint presentation", (".pptx",),
-             ("application/vnd.openxmlformats-officedocument.presentationml.presentation",),
-             zipped=True),
+    FileType(
+        "pptx",
+        "PowerPoint presentation",
+        (".pptx",),
+        ("application/vnd.openxmlformats-officedocument.presentationml.presentation",),
+        zipped=True,
+    ),
     FileType("epub", "EPUB e-book", (".epub",), ("application/epub+zip",), zipped=True),
-)  # fmt: skip
+)
 
 BY_KIND: dict[str, FileType] = {t.kind: t for t in FILE_TYPES}
 BY_EXTENSION: dict[str, FileType] = {ext: t for t in FILE_TYPES for ext in t.extensions}

@@ -228,8 +228,11 @@ def _stream_events(
 ) -> None:
     """Render each conversion event as the server-sent event the page swaps in."""
     name = render.download_name(prepared.document.filename)
-    emit(streaming.event("start", render_template("_stream_start.html", plan=prepared,
-                                                  download_name=name)))  # fmt: skip
+    emit(
+        streaming.event(
+            "start", render_template("_stream_start.html", plan=prepared, download_name=name)
+        )
+    )
     pending: list[str] = []  # deltas not yet sent
     current: list[str] = []  # the part being written, for its live preview
     sent_at = previewed_at = time.monotonic()
@@ -256,9 +259,16 @@ def _stream_events(
                     emit(streaming.event("delta", _escape("".join(pending))))
                     pending = []
                 emit(streaming.event("delta", "\n\n" if item.index < item.total else ""))
-                emit(streaming.event("part", render_template(
-                    "_stream_part.html", part=item, preview=render.render_preview(item.markdown)
-                )))  # fmt: skip
+                emit(
+                    streaming.event(
+                        "part",
+                        render_template(
+                            "_stream_part.html",
+                            part=item,
+                            preview=render.render_preview(item.markdown),
+                        ),
+                    )
+                )
                 emit(streaming.event("preview", ""))
             elif isinstance(item, Finished):
                 emit(streaming.event("done", _done_fragment(item.conversion)))

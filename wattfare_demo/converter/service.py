@@ -28,7 +28,7 @@ from typing import Any
 from flask import current_app
 
 from ..sdk import GrantStatus, Wattfare, to_wattfare_error
-from . import chunking
+from . import chunking, filetypes
 from .cage import CageBusy, CageLimits, extract_in_cage
 from .extract import ExtractedDocument
 from .prompts import MAX_OUTPUT_TOKENS, SYSTEM_PROMPT, part_prompt
@@ -228,6 +228,14 @@ def upload_from_json(body: Any) -> tuple[Upload, str | None]:
         except (binascii.Error, ValueError):
             raise ConverterError(400, "invalid_json", "file.content is not valid base64.") from None
     elif encoding in ("utf-8", "utf8", "text"):
+        file_type = filetypes.kind_of(name, None)
+        if file_type is not None and not file_type.text:
+            raise ConverterError(
+                400,
+                "invalid_json",
+                f"{name} is a {file_type.label}, not text: send its bytes as base64 with "
+                '"encoding": "base64".',
+            )
         data = _utf8(content)
     else:
         raise ConverterError(400, "invalid_json", 'file.encoding must be "utf-8" or "base64".')
@@ -267,8 +275,7 @@ def plan(upload: Upload) -> Plan:
     `too_many_requests` for one that needs more requests than CONVERTER_MAX_REQUESTS.
     """
     try:
-        document = extract_in_cage(upload.filename, upload.data, upload.content_type,
-                                   cage_limits())  # fmt: skip
+        document = extract_in_cage(upload.filename, upload.data, upload.content_type, cage_limits())
     except CageBusy:
         raise ConverterError(
             503,
@@ -411,9 +418,14 @@ def _partial(error: ConverterError, arrived: int, total: int) -> ConverterError:
     message = error.message.replace(_NOTHING_CHARGED, "").replace(" Nothing was charged.", "")
     message += f" You keep {kept}, shown below; only those were charged."
     return ConverterError(
-        error.status, error.code, message, reason=error.reason, **error.extra,
-        partsConverted=arrived, parts=total,
-    )  # fmt: skip
+        error.status,
+        error.code,
+        message,
+        reason=error.reason,
+        **error.extra,
+        partsConverted=arrived,
+        parts=total,
+    )
 
 
 def _grant_refused(reason: str | None) -> ConverterError:

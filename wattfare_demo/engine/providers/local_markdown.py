@@ -133,6 +133,7 @@ _PAGE_FURNITURE = re.compile(
     re.IGNORECASE,
 )
 _HYPHENATED = re.compile(r"[^\W\d_]-$")
+_INNER_SPACES = re.compile(r"(?<=\S)[ \t]{2,}(?=\S)")
 _TITLE_MAX = 80
 
 
@@ -183,7 +184,7 @@ class _Tidy:
 
     def text(self, line: str) -> None:
         self.kind = "text"
-        self.paragraph.append(line)
+        self.paragraph.append(_INNER_SPACES.sub(" ", line))
 
 
 def tidy_markdown(text: str) -> str:
@@ -232,14 +233,18 @@ def tidy_markdown(text: str) -> str:
         if _QUOTE.match(line):
             tidy.line_block(neutralise_tags(line.strip()), "quote")
             continue
+        if not tidy.paragraph and _PAGE_FURNITURE.match(line.strip()):
+            continue  # "- 4 -" alone is a page number, not a list item
         item = _ITEM.match(line)
         if item:
             indent = " " * min(len(item.group(1).expandtabs(4)), 12)
             marker = f"{item.group(3)}{item.group(4)}" if item.group(3) else "-"
-            tidy.line_block(f"{indent}{marker} {neutralise_tags(item.group(5).strip())}", "list")
+            body = _INNER_SPACES.sub(" ", neutralise_tags(item.group(5).strip()))
+            tidy.line_block(f"{indent}{marker} {body}", "list")
             continue
         if tidy.kind == "list" and raw[:1] in (" ", "\t") and tidy.out:
-            tidy.out[-1] = _join_lines([tidy.out[-1], neutralise_tags(line.strip())])
+            more = _INNER_SPACES.sub(" ", neutralise_tags(line.strip()))
+            tidy.out[-1] = _join_lines([tidy.out[-1], more])
             continue
         tidy.text(neutralise_tags(line.strip() if not line.endswith("\\") else line.lstrip()))
     tidy.flush()
