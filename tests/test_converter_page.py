@@ -10,7 +10,7 @@ from pathlib import Path
 from flask import Flask
 from flask.testing import FlaskClient
 
-from wattfare_demo.converter import render
+from wattfare_demo.converter import filetypes, render
 
 CONVERTER = Path(__file__).resolve().parent.parent / "wattfare_demo" / "converter"
 
@@ -20,19 +20,22 @@ def test_page_has_the_form_and_its_configuration(client: FlaskClient, app: Flask
 
     assert response.status_code == 200
     page = response.get_data(as_text=True)
-    button = re.search(r'<button type="submit"[^>]*>(.*?)</button>', page, re.S)
+    button = re.search(r'<button id="convert-button" type="submit"[^>]*>(.*?)</button>', page, re.S)
     assert button is not None
     assert re.sub(r"<[^>]+>", "", button[1]).strip() == "Convert with AI"  # its accessible name
-    assert 'hx-post="/api/convert"' in page
-    assert 'hx-ext="wattfare-grant"' in page
+    assert 'hx-post="/api/convert/plan"' in page  # choosing a file asks for the plan
+    assert 'hx-ext="sse"' in page and 'sse-connect="/api/convert"' in page
     assert 'hx-encoding="multipart/form-data"' in page
     assert f'data-wattfare-publishable-key="{app.config["WATTFARE_PUBLISHABLE_KEY"]}"' in page
     assert 'data-wattfare-session="/api/wattfare-token"' in page
     assert "data-wattfare-base-url" not in page  # the embedded engine: this origin
-    assert 'accept=".txt,.md,.markdown,.html,.htm,.csv,.tsv,.json,.docx,.pdf"' in page
-    assert f'data-max-bytes="{2 * 1024 * 1024}"' in page
-    assert '<option value="1" selected>1 conversion</option>' in page
-    assert '<option value="5">5 conversions</option>' in page
+    assert f'accept="{filetypes.accept_list()}"' in page
+    assert ".docx,.pdf,.xlsx,.xlsm,.xls,.pptx,.epub" in filetypes.accept_list()
+    assert f"{filetypes.hint()} · up to 20 MB" in page
+    assert f'data-max-bytes="{20 * 1024 * 1024}"' in page
+    assert 'data-max-requests="50"' in page
+    assert '<option value="0" selected>None</option>' in page
+    assert '<option value="10">+ 10 requests</option>' in page
     assert 'name="maxUsd"' in page
 
 
@@ -47,9 +50,10 @@ def test_page_runs_no_inline_script(client: FlaskClient) -> None:
     page = client.get("/").get_data(as_text=True)
 
     scripts = re.findall(r"<script\b[^>]*>", page)
-    assert len(scripts) == 3
+    assert len(scripts) == 4
     assert all(" src=" in tag for tag in scripts)
     assert "/static/vendor/htmx-2.0.11/htmx.min.js" in page
+    assert "/static/vendor/htmx-ext-sse-2.2.4/sse.min.js" in page
     assert re.search(r"\son[a-z]+=", page) is None  # no inline event handlers
     assert "hx-on" not in page
 
@@ -57,6 +61,7 @@ def test_page_runs_no_inline_script(client: FlaskClient) -> None:
 def test_vendored_files_are_served(client: FlaskClient) -> None:
     for path in (
         "/static/vendor/htmx-2.0.11/htmx.min.js",
+        "/static/vendor/htmx-ext-sse-2.2.4/sse.min.js",
         "/static/app.js",
         "/static/css/app.css",
         "/static/favicon.svg",
@@ -71,6 +76,7 @@ def test_security_headers(client: FlaskClient) -> None:
 
     csp = headers["Content-Security-Policy"]
     assert "script-src 'self';" in csp
+    assert "img-src 'self' data:;" in csp  # as the preview's sanitiser allows
     assert "unsafe-inline" not in csp and "unsafe-eval" not in csp
     assert "frame-ancestors 'none'" in csp
     assert "object-src 'none'" in csp
@@ -134,6 +140,19 @@ def test_preview_lets_nothing_run() -> None:
     assert re.search(r"<[a-z][^>]*\son[a-z]+\s*=", html) is None
     assert "javascript:" not in re.sub(r">[^<]*<", "><", html)  # not in any attribute
     assert 'href="data:' not in html
+
+
+def test_preview_images_come_only_from_this_origin_or_data_urls() -> None:
+    html = render.render_preview(
+        "![a](https://tracker.example/pixel.png) ![b](//tracker.example/p.png) "
+        "![c](/static/favicon.svg) ![d](data:image/png;base64,iVBORw0KGgo=) "
+        "![e](HTTPS://tracker.example/x.png) ![f](data:image/svg+xml;base64,PHN2Zz4=)"
+    )
+
+    sources = re.findall(r'<img src="([^"]*)"', html)
+    assert sources == ["/static/favicon.svg", "data:image/png;base64,iVBORw0KGgo="]
+    assert "tracker.example" not in html
+    assert html.count("<img") == 5  # the others keep their alt text; svg is no image here
 
 
 def test_preview_links_do_not_leak_the_opener() -> None:
