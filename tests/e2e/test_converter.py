@@ -49,6 +49,7 @@ def converter(page: Page, live_server) -> ConverterPage:
 def test_html_file_comes_back_as_markdown(converter: ConverterPage, context: BrowserContext):
     converter.choose_file("report.html", REPORT_HTML)
     expect(converter.file_info).to_have_text(f"report.html · {len(REPORT_HTML)} bytes")
+    converter.expect_plan(requests=1)
 
     popup = converter.convert_expecting_popup()
     popup.expect_asking(requests=1)
@@ -58,10 +59,11 @@ def test_html_file_comes_back_as_markdown(converter: ConverterPage, context: Bro
     preview = converter.preview
     expect(preview.get_by_role("heading", name="Quarterly report", level=1)).to_be_visible()
     expect(preview.get_by_role("listitem")).to_have_text(["Solar panels", "Wind turbines"])
+    expect(converter.parts).to_have_count(1)
     expect(preview.get_by_role("table")).to_be_visible()
     expect(preview.get_by_role("cell", name="340")).to_be_visible()
     expect(converter.markdown).to_contain_text("# Quarterly report")
-    expect(converter.markdown).to_contain_text("- Solar panels")
+    expect(converter.markdown).to_contain_text("Solar panels")
     expect(converter.markdown).to_contain_text("| Source | MWh |")
 
     # Copy and download give the raw Markdown.
@@ -116,21 +118,19 @@ def test_closing_the_popup_sends_nothing(converter: ConverterPage) -> None:
     converter.expect_nothing_sent()
 
 
-def test_one_grant_of_three_converts_three_files_then_asks_again(converter: ConverterPage):
-    converter.approve_at_once(3)
+def test_extra_requests_convert_the_next_files_without_asking_again(converter: ConverterPage):
+    converter.approve_extra(2)
     converter.choose_file("one.html", "<h1>One</h1><p>first</p>")
     popup = converter.convert_expecting_popup()
-    popup.expect_asking(requests=3)
+    popup.expect_asking(requests=3)  # the file's 1, and 2 more
     popup.approve()
     converter.expect_result("one.md", remaining=2)
-    expect(converter.grant_status).to_have_text(
-        "2 approved conversions left: the next file won't ask again."
-    )
+    expect(converter.grant_status).to_contain_text("2 approved requests left")
 
     converter.choose_file("two.csv", "a,b\n1,2\n")
     converter.convert_with_held_grant()
     converter.expect_result("two.md", remaining=1)
-    expect(converter.grant_status).to_contain_text("1 approved conversion left")
+    expect(converter.grant_status).to_contain_text("1 approved request left")
 
     converter.choose_file("three.txt", "Three\n\nThe last one.")
     converter.convert_with_keyboard()  # Enter on the focused button works too
@@ -148,56 +148,61 @@ def test_one_grant_of_three_converts_three_files_then_asks_again(converter: Conv
     assert len(converter.convert_posts) == 3
 
 
-def test_a_grant_over_its_cap_is_used_up_and_a_new_one_can_be_asked_for(
+def test_a_cap_that_runs_out_keeps_the_parts_it_paid_for_and_a_new_grant_finishes(
     converter: ConverterPage,
 ) -> None:
-    # local/markdown costs $1 per million tokens in and $2 out. A $0.01 cap pays for this
-    # ~6,000-token document once (its answer is cut at the cap); the second file finds the
-    # cap spent although a request is left: 402, "grant used up".
-    long_text = "Title\n\n" + "\n\n".join(f"Paragraph {i} " + "word " * 30 for i in range(190))
-    converter.approve_at_once(2, max_usd="0.01")
+    # local/markdown costs $1 per million tokens in and $2 out. This ~7,500-token text is
+    # two parts; a $0.01 cap pays for the first, and the second is refused at the cap.
+    long_text = "\n\n".join(f"Paragraph {i} " + "word " * 30 for i in range(240))
+    converter.approve_extra(0, max_usd="0.01")
     converter.choose_file("long.txt", long_text)
+    converter.expect_plan(requests=2)
     converter.convert_expecting_popup().approve()
-    converter.expect_result("long.md", remaining=1)
-    expect(converter.page.get_by_text("The Markdown stops early")).to_be_visible()
 
-    converter.choose_file("short.txt", "Short")
-    converter.convert_with_held_grant()
-
-    expect(converter.alert).to_contain_text("Grant used up")
+    expect(converter.alert).to_contain_text("Stopped after 1 of 2 parts")
     expect(converter.alert).to_contain_text("dollar cap has been reached")
-    expect(converter.grant_status).to_be_hidden()
-    expect(converter.new_grant_button).to_be_focused()
+    expect(converter.parts).to_have_count(1)
+    expect(converter.download_link).to_be_visible()  # the part that arrived is yours
+    expect(converter.markdown).to_contain_text("Paragraph 0 word")
+
+    converter.cap_input.fill("")
     popup = converter.ask_for_a_new_grant()
+    popup.expect_asking(requests=2)
     popup.approve()
-    converter.expect_result("short.md", remaining=1)
+    converter.expect_result("long.md", remaining=0)
+    expect(converter.parts).to_have_count(2)
+    expect(converter.markdown).to_contain_text("Paragraph 239 word")
 
 
-def test_oversize_file_is_refused_before_any_popup(converter: ConverterPage) -> None:
-    big = b"a,b\n" * (5 * 1024 * 1024 // 8)  # 2.5 MB
-    converter.choose_file("huge.csv", big)
-    expect(converter.file_info).to_have_text("huge.csv · 2.5 MB")
+def test_oversize_file_is_refused_before_anything_is_sent(converter: ConverterPage) -> None:
+    big = b"a,b\n" * (21 * 1024 * 1024 // 4)  # 21 MB
+    converter.choose_file("huge.csv", big, planned=False)
+    expect(converter.file_info).to_have_text("huge.csv · 21 MB")
+    converter.expect_notice("huge.csv is 21 MB, over the 20 MB limit")
 
     converter.convert_button.click()
 
-    converter.expect_notice("huge.csv is 2.5 MB, over the 2 MB limit")
+    converter.expect_notice("Nothing was sent.")
+    assert converter.popups == []
+    assert converter.plan_posts == []
+    converter.expect_nothing_sent()
+
+
+def test_an_unreadable_file_is_explained_before_any_popup(converter: ConverterPage) -> None:
+    converter.choose_file("broken.json", '{"unterminated": ')
+    expect(converter.plan).to_contain_text("broken.json is not valid JSON")
+
+    converter.convert_button.click()
+
+    converter.expect_notice("broken.json is not valid JSON")
     converter.expect_notice("Nothing was sent.")
     assert converter.popups == []
     converter.expect_nothing_sent()
 
-
-def test_unreadable_file_costs_nothing_and_keeps_the_grant(converter: ConverterPage) -> None:
-    converter.approve_at_once(2)
-    converter.choose_file("broken.json", '{"unterminated": ')
-    converter.convert_expecting_popup().approve()
-
-    expect(converter.alert).to_contain_text("Can't read this file")
-    expect(converter.alert).to_contain_text("broken.json is not valid JSON")
-    expect(converter.grant_status).to_contain_text("2 approved conversions left")
-
     converter.choose_file("fixed.json", '{"ok": true}')
-    converter.convert_with_held_grant()
-    converter.expect_result("fixed.md", remaining=1)
+    converter.expect_plan(requests=1)
+    converter.convert_expecting_popup().approve()
+    converter.expect_result("fixed.md", remaining=0)
 
 
 def test_a_script_in_the_uploaded_file_never_runs(converter: ConverterPage) -> None:

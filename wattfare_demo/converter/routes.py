@@ -50,10 +50,9 @@ from .service import (
 
 bp = Blueprint("converter", __name__)
 
-# How often the page's preview of the part being written is re-rendered, and how long
-# deltas are gathered into one event: fewer, larger swaps for the browser.
+# How often the page's preview of the part being written is re-rendered (the Markdown
+# source gets every delta; streaming.pump merges those that pile up).
 PREVIEW_EVERY_SECONDS = 0.5
-DELTA_EVERY_SECONDS = 0.1
 KEEPALIVE_SECONDS = 10.0
 # The extra requests the page offers for the visitor's next files.
 EXTRA_REQUEST_CHOICES = (0, 1, 2, 3, 5, 10)
@@ -233,32 +232,26 @@ def _stream_events(
             "start", render_template("_stream_start.html", plan=prepared, download_name=name)
         )
     )
-    pending: list[str] = []  # deltas not yet sent
     current: list[str] = []  # the part being written, for its live preview
-    sent_at = previewed_at = time.monotonic()
+    previewed_at = time.monotonic()
     try:
         for item in _chain(first, events):
             if stop.is_set():
                 return  # the visitor left: closing `events` closes the model's stream
-            now = time.monotonic()
             if isinstance(item, PartStarted):
                 current = []
                 label = f"Part {item.index} of {item.total}" if item.total > 1 else "Converting"
                 emit(streaming.event("status", f"{label}: the AI model is writing…"))
             elif isinstance(item, Delta):
-                pending.append(item.text)
+                emit(streaming.Piece("delta", _escape(item.text)))
                 current.append(item.text)
-                if now - sent_at >= DELTA_EVERY_SECONDS:
-                    emit(streaming.event("delta", _escape("".join(pending))))
-                    pending, sent_at = [], now
+                now = time.monotonic()
                 if now - previewed_at >= PREVIEW_EVERY_SECONDS:
                     emit(streaming.event("preview", render.render_preview("".join(current))))
                     previewed_at = now
             elif isinstance(item, PartFinished):
-                if pending:
-                    emit(streaming.event("delta", _escape("".join(pending))))
-                    pending = []
-                emit(streaming.event("delta", "\n\n" if item.index < item.total else ""))
+                if item.index < item.total:
+                    emit(streaming.Piece("delta", "\n\n"))
                 emit(
                     streaming.event(
                         "part",

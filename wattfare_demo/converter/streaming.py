@@ -16,13 +16,28 @@ import logging
 import queue
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
-__all__ = ["Emit", "event", "pump"]
+__all__ = ["Emit", "Piece", "event", "pump"]
 
 log = logging.getLogger(__name__)
 
-Emit = Callable[[str], None]
 _END = object()
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Data for an event that may be merged with the pieces queued right behind it.
+
+    The model's deltas come a few characters at a time: sent as they come when the page
+    keeps up, merged into fewer, larger events when they pile up.
+    """
+
+    name: str
+    data: str
+
+
+Emit = Callable[["str | Piece"], None]
 
 
 def event(name: str, data: str) -> str:
@@ -66,6 +81,29 @@ def pump(
                 continue
             if item is _END:
                 return
+            if isinstance(item, Piece):
+                item, after = _merge(item, events)
+                yield event(item.name, item.data)
+                if after is _END:
+                    return
+                if after is not None:
+                    yield after if isinstance(after, str) else event(after.name, after.data)
+                continue
             yield str(item)
     finally:
         stop.set()
+
+
+def _merge(first: Piece, events: queue.Queue[object]) -> tuple[Piece, object | None]:
+    """`first` and the pieces of the same name queued right behind it, as one piece;
+    and the item that ended the run, if one was taken off the queue."""
+    parts = [first.data]
+    while True:
+        try:
+            item = events.get_nowait()
+        except queue.Empty:
+            return Piece(first.name, "".join(parts)), None
+        if isinstance(item, Piece) and item.name == first.name:
+            parts.append(item.data)
+            continue
+        return Piece(first.name, "".join(parts)), item
