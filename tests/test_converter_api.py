@@ -495,7 +495,8 @@ def test_htmx_gets_the_conversion_as_server_sent_events_part_by_part(
     assert names[0] == "start" and names[-1] == "done"
     assert names.count("part") == 3
     assert [data for name, data in stream if name == "status"] == [
-        f"Part {n} of 3: the AI model is writing…" for n in (1, 2, 3)
+        *(f"Part {n} of 3: the AI model is writing…" for n in (1, 2, 3)),
+        "Done: 3 parts, one AI request each.",
     ]
     start = stream[0][1]
     assert "report.md" in start and "in 3 parts, one AI request each" in start
@@ -538,6 +539,7 @@ def test_a_stream_cut_by_the_cap_says_which_parts_arrived(
     arrived = sum(1 for name, _ in stream if name == "part")
     assert 1 <= arrived < 3
     assert f"Stopped after {arrived} of 3 parts" in done
+    assert ("status", f"Stopped after {arrived} of 3 parts.") in stream
     assert "dollar cap has been reached" in done
     assert "Download .md" in done  # the parts that arrived are the visitor's
     assert "Approve a new grant and convert" in done

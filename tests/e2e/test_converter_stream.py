@@ -7,7 +7,9 @@ at the page while the conversion is still running.
 
 from __future__ import annotations
 
+import os
 import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -80,3 +82,36 @@ def test_a_file_needing_more_requests_than_allowed_is_refused_before_any_popup(
     converter.expect_notice("Nothing was sent.")
     assert converter.popups == []
     converter.expect_nothing_sent()
+
+
+@pytest.mark.skipif(
+    not os.environ.get("WATTFARE_SCREENSHOTS"), reason="set WATTFARE_SCREENSHOTS=1 to refresh"
+)
+def test_screenshot_of_a_stream_in_progress(
+    converter: ConverterPage, upstream: FakeUpstream
+) -> None:
+    """docs/screenshots/5-streaming.png: part 2 of 3 being written (README, tutorial)."""
+    later = threading.Event()
+    upstream.respond(
+        StreamReply(
+            chunks=(
+                "# Section 1\n\n",
+                "Sentence 1. " * 60,
+                "\n\n| Year | MWh |\n",
+                "| --- | --- |\n| 2024 | 120 |\n| 2025 | 340 |",
+            )
+        ),
+        StreamReply(
+            chunks=("# Section 2\n\n", "Sentence 2. " * 25, "Sentence 2. " * 20), gates={2: later}
+        ),
+        StreamReply(chunks=("# Section 3\n\n", "Sentence 3. " * 60)),
+    )
+    converter.page.set_viewport_size({"width": 1280, "height": 860})
+    converter.choose_file("report.md", document(3))
+    converter.convert_expecting_popup().approve()
+    expect(converter.progress).to_have_text("Part 2 of 3: the AI model is writing…")
+    expect(converter.markdown).to_contain_text("Sentence 2.")
+    shots = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+    converter.page.screenshot(path=shots / "5-streaming.png", full_page=True)
+    later.set()
+    converter.expect_result("report.md", remaining=0)

@@ -264,9 +264,17 @@ def _stream_events(
                 )
                 emit(streaming.event("preview", ""))
             elif isinstance(item, Finished):
+                emit(streaming.event("status", _end_status(item.conversion)))
                 emit(streaming.event("done", _done_fragment(item.conversion)))
     finally:
         events.close()
+
+
+def _end_status(conversion: Conversion) -> str:
+    got, total = len(conversion.parts), conversion.total_parts
+    if conversion.error is not None:
+        return f"Stopped after {got} of {total} parts." if total > 1 else "Stopped."
+    return f"Done: {total} parts, one AI request each." if total > 1 else "Done."
 
 
 def _chain(first: Any, rest: Any) -> Any:
