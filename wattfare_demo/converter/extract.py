@@ -224,7 +224,8 @@ def extract(filename: str, data: bytes, content_type: str | None = None) -> Extr
     except ExtractionError:
         raise
     except _MALFORMED_INPUT as exc:
-        logger.info("unreadable %s upload: %r", file_type.kind, exc)
+        # The exception's type only: its text may quote the visitor's document.
+        logger.info("unreadable %s upload: %s", file_type.kind, type(exc).__name__)
         raise _damaged(name, file_type) from None
 
     cleaned = tuple(s for s in (section.strip("\n") for section in sections) if s.strip())
