@@ -36,6 +36,12 @@ HTMX = {"HX-Request": "true", "Origin": "http://localhost"}
 LONG = "\n\n".join(f"# Part {n}\n\n" + f"Sentence {n} of the long report. " * 50 for n in (1, 2, 3))
 
 
+@pytest.fixture(params=["sqlite"])
+def backend(request: pytest.FixtureRequest) -> str:
+    """The demo's routes on one database: the engine's tests cover the database matrix."""
+    return request.param
+
+
 @pytest.fixture
 def grant_status(client: FlaskClient, api_headers):
     """grant_status(token) -> the engine's view of the grant (requests, remaining, spentUsd)."""

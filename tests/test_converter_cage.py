@@ -43,15 +43,15 @@ def test_errors_cross_the_pipe_unchanged() -> None:
 
 @pytest.mark.parametrize(("name", "data"), [("bomb.docx", WORD_BOMB), ("bomb.pdf", PDF_BOMB)])
 def test_a_parser_bomb_runs_out_of_cpu_time(name: str, data: bytes) -> None:
-    error = caged(name, data, cpu_seconds=2, wall_seconds=20)
+    error = caged(name, data, cpu_seconds=1, wall_seconds=20)
     assert (error.status, error.code) == (422, "too_complex")
-    assert "more than 2 seconds of work" in error.message
+    assert "more than 1 second of work" in error.message
 
 
 def test_a_child_still_working_at_the_deadline_is_killed() -> None:
     error = caged("bomb.pdf", PDF_BOMB, cpu_seconds=60, wall_seconds=1)
     assert (error.status, error.code) == (422, "too_complex")
-    assert "took longer than 1 seconds" in error.message
+    assert "took longer than 1 second" in error.message
 
 
 def test_a_file_that_needs_more_memory_than_allowed_is_too_large() -> None:
@@ -68,10 +68,11 @@ def test_a_zip_bomb_is_refused_before_it_is_inflated() -> None:
 
 @pytest.fixture
 def app_config(app_config: dict[str, Any]) -> dict[str, Any]:
-    return {**app_config, "CONVERTER_EXTRACT_CPU_SECONDS": 3, "CONVERTER_EXTRACT_TIMEOUT": 20}
+    return {**app_config, "CONVERTER_EXTRACT_CPU_SECONDS": 1, "CONVERTER_EXTRACT_TIMEOUT": 20}
 
 
 def test_bombs_at_once_are_refused_while_the_page_keeps_answering(live_server) -> None:
+    """Three bombs for two slots: two are read (and stopped) while one waits its turn."""
     finished: list[str] = []
     lock = threading.Lock()
 
@@ -85,10 +86,10 @@ def test_bombs_at_once_are_refused_while_the_page_keeps_answering(live_server) -
 
     with httpx.Client(base_url=live_server.url, timeout=10) as browser:
         browser.get("/")  # the page works before…
-        with ThreadPoolExecutor(4) as pool:
-            bombs = [pool.submit(plan, f"bomb{i}.docx", WORD_BOMB) for i in range(2)]
+        with ThreadPoolExecutor(3) as pool:
+            bombs = [pool.submit(plan, "bomb.docx", WORD_BOMB)]
             bombs += [pool.submit(plan, f"bomb{i}.pdf", PDF_BOMB) for i in range(2)]
-            for _ in range(5):  # …and while four bombs are being read
+            for _ in range(5):  # …and while the bombs are being read
                 page = browser.get("/")
                 assert page.status_code == 200
                 with lock:

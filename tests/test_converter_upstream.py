@@ -22,6 +22,12 @@ TWO_PARTS = "# One\n\n" + "First part. " * 150 + "\n\n# Two\n\n" + "Second part.
 MODEL = FAKE_MODEL
 
 
+@pytest.fixture(params=["sqlite"])
+def backend(request: pytest.FixtureRequest) -> str:
+    """The demo's routes on one database: the engine's tests cover the database matrix."""
+    return request.param
+
+
 @pytest.fixture
 def app_config(app_config: dict[str, Any], upstream_config: dict[str, Any]) -> dict[str, Any]:
     return {

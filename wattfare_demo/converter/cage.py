@@ -165,7 +165,7 @@ def _limit_myself(cpu_seconds: int, memory_mb: int) -> None:
 def _too_complex(filename: str, limits: CageLimits) -> ExtractionError:
     return ExtractionError(
         "too_complex",
-        f"{filename} took longer than {limits.wall_seconds:g} seconds to read, the most the "
+        f"{filename} took longer than {_seconds(limits.wall_seconds)} to read, the most the "
         "converter gives one file. Save it in a simpler form (or split it) and try again.",
     )
 
@@ -183,7 +183,7 @@ def _died(filename: str, exitcode: int | None, limits: CageLimits) -> Extraction
         log.info("extraction of an upload ran out of CPU time (exit %s)", exitcode)
         return ExtractionError(
             "too_complex",
-            f"{filename} needs more than {limits.cpu_seconds} seconds of work to read, the "
+            f"{filename} needs more than {_seconds(limits.cpu_seconds)} of work to read, the "
             "most the converter gives one file. Save it in a simpler form (or split it).",
         )
     log.warning("extraction process died (exit %s)", exitcode)
@@ -192,3 +192,7 @@ def _died(filename: str, exitcode: int | None, limits: CageLimits) -> Extraction
         f"{filename} could not be read: the reader stopped on it. It may be damaged; save "
         "it again and upload the new file.",
     )
+
+
+def _seconds(value: float) -> str:
+    return "1 second" if value == 1 else f"{value:g} seconds"
