@@ -373,6 +373,38 @@ def test_csv_and_tsv_become_pipe_tables(name: str, sep: str) -> None:
     )
 
 
+@pytest.mark.parametrize(
+    "data",
+    [
+        'Name;Price;Note\nTea;2,50;"hot; sweet"\n'.encode("cp1252"),  # European Excel
+        b'sep=;\nName;Price;Note\nTea;2,50;"hot; sweet"\n',  # Excel's own separator line
+    ],
+)
+def test_semicolon_csv_from_european_excel(data: bytes) -> None:
+    assert read("prices.csv", data).markdown.split("\n")[:3] == [
+        "| Name | Price | Note |",
+        "| --- | --- | --- |",
+        "| Tea | 2,50 | hot; sweet |",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("data", "first_row"),
+    [
+        (b"<html><body><table><tr><th>Item</th><th>Price</th></tr><tr><td>Tea</td>"
+         b"<td>2.5</td></tr></table></body></html>", "| Item | Price |"),
+        (b"Item\tPrice\nTea\t2.5\n", "| Item | Price |"),
+    ],
+    ids=["html-table", "tab-separated"],
+)  # fmt: skip
+def test_an_excel_export_that_is_not_really_xls_is_read_as_what_it_is(
+    data: bytes, first_row: str
+) -> None:
+    markdown = read("export.xls", data).markdown
+    assert markdown.startswith(first_row)
+    assert "| Tea | 2.5 |" in markdown
+
+
 def test_a_ten_thousand_row_csv_is_read_whole() -> None:
     rows = "\n".join(f"{i},City {i},{i * 7}" for i in range(10_000))
     markdown = read("big.csv", f"id,name,value\n{rows}\n".encode()).markdown

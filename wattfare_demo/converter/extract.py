@@ -400,6 +400,11 @@ def _read_html(name: str, data: bytes) -> list[str]:
 def _read_delimited(delimiter: str) -> Callable[[str, bytes], list[str]]:
     def read(name: str, data: bytes) -> list[str]:
         text = decode_text(name, data)
+        declared = _EXCEL_SEPARATOR.match(text)  # Excel's "sep=;" first line
+        if declared:
+            text = text[declared.end() :]
+            rows = list(csv.reader(io.StringIO(text, newline=""), delimiter=declared.group(1)))
+            return [pipe_table(rows)]
         try:
             dialect: Any = csv.Sniffer().sniff(text[:20_000], delimiters=delimiter + ";|")
         except csv.Error:
@@ -408,6 +413,9 @@ def _read_delimited(delimiter: str) -> Callable[[str, bytes], list[str]]:
         return [pipe_table(rows)]
 
     return read
+
+
+_EXCEL_SEPARATOR = re.compile(r"\Asep=(.)\n")
 
 
 def _read_json(name: str, data: bytes) -> list[str]:
@@ -469,7 +477,8 @@ def _check_zip(name: str, data: bytes, file_type: FileType) -> None:
     if data.startswith(_OLE_MAGIC):
         raise ExtractionError(
             "unreadable_file",
-            f"{name} is either an old-style Office file (.doc, .ppt) or password-protected. "
+            f"{name} is either an old-style Office file (.doc, .xls, .ppt) or "
+            "password-protected. "
             f"Remove any password and save it as {file_type.extensions[0]}, then upload it "
             "again.",
         )
@@ -543,6 +552,16 @@ def _read_xlsx(name: str, data: bytes) -> list[str]:
 
 def _read_xls(name: str, data: bytes) -> list[str]:
     if not data.startswith(_OLE_MAGIC):
+        # Many "Excel exports" from web apps are an HTML table, a newer .xlsx, or tab-
+        # separated text saved as .xls; Excel opens them all, so the converter does too.
+        if data.startswith(b"PK\x03\x04"):
+            _check_zip(name, data, BY_KIND["xlsx"])
+            return _read_xlsx(name, data)
+        head = data[:512].lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+        if head.startswith((b"<!doctype", b"<html", b"<table", b"<?xml", b"<meta")):
+            return _read_html(name, data)
+        if b"\t" in data[:4096] and b"\x00" not in data[:4096]:
+            return _read_delimited("\t")(name, data)
         raise _damaged(name, BY_KIND["xls"])
     book = xlrd.open_workbook(file_contents=data, on_demand=True)
     sections = []
