@@ -549,6 +549,8 @@ def test_a_stream_cut_by_the_cap_says_which_parts_arrived(
     assert "dollar cap has been reached" in done
     assert "Download .md" in done  # the parts that arrived are the visitor's
     assert "Approve a new grant and convert" in done
+    assert 'data-grant-remaining="0"' in done  # the page forgets the spent grant
+    assert "requests remaining" not in done
 
 
 def test_refusals_before_the_stream_are_fragments_with_their_status(

@@ -284,14 +284,18 @@ def _chain(first: Any, rest: Any) -> Any:
 
 def _done_fragment(conversion: Conversion) -> str:
     markdown = conversion.markdown
+    spent = conversion.error is not None and conversion.error.code == "grant_used"
     return render_template(
         "_stream_done.html",
         conversion=conversion,
         error=conversion.error,
         download_name=render.download_name(conversion.document.filename),
         download_url=render.download_url(markdown),
-        remaining=conversion.remaining,
-        remaining_usd=conversion.remaining_usd,
+        # A grant the engine refused can't be used again, whatever its count says (a
+        # spent cap, a revocation): the page forgets it, and asks for a new one.
+        remaining=None if spent else conversion.remaining,
+        remaining_usd=None if spent else conversion.remaining_usd,
+        grant_remaining=0 if spent else conversion.remaining,
     )
 
 
