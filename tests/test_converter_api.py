@@ -248,6 +248,23 @@ def test_json_binary_files_come_base64(client: FlaskClient, make_grant) -> None:
     assert from_pdf.get_json()["remaining"] == 0
 
 
+def test_a_receipt_and_a_word_file_keep_their_paragraphs_end_to_end(
+    client: FlaskClient, make_grant
+) -> None:
+    token = make_grant(requests=2)
+    receipt = {"name": "receipt.pdf", "content": b64(documents.pdf_receipt()), "encoding": "base64"}
+    word = {"name": "orchard.docx", "content": b64(documents.word_report()), "encoding": "base64"}
+
+    from_receipt = convert_json(client, token, receipt).get_json()["result"]
+    from_word = convert_json(client, token, word).get_json()["result"]
+
+    assert re.search(r"^#", from_receipt, re.MULTILINE) is None  # no giant headings
+    assert "TOTAL 6.70" in from_receipt
+    assert from_word.startswith("Apple\n\n# Orchard report")  # "Apple" stays a paragraph
+    assert "- Pruning in March\n- Picking in September" in from_word
+    assert "| Cox | 12 |" in from_word
+
+
 def test_a_binary_kind_sent_as_text_is_400(client: FlaskClient, make_grant) -> None:
     response = convert_json(client, make_grant(), {"name": "a.pdf", "content": "%PDF-1.4"})
 

@@ -30,12 +30,13 @@ import signal
 import threading
 import time
 from dataclasses import dataclass
+from multiprocessing import forkserver
 from multiprocessing.connection import Connection
 from typing import Any
 
 from .extract import ExtractedDocument, ExtractionError, extract
 
-__all__ = ["CageBusy", "CageLimits", "extract_in_cage"]
+__all__ = ["CageBusy", "CageLimits", "extract_in_cage", "warm_up"]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ _CONTEXT = multiprocessing.get_context("forkserver")
 # The forkserver imports the parsers once; each child then starts in milliseconds.
 _CONTEXT.set_forkserver_preload(["wattfare_demo.converter.extract"])
 
+_warming = threading.Event()
 _slots_lock = threading.Lock()
 _slots: dict[int, threading.BoundedSemaphore] = {}
 
@@ -71,6 +73,14 @@ def extract_in_cage(
         return _run(filename, data, content_type, limits, deadline)
     finally:
         slots.release()
+
+
+def warm_up() -> None:
+    """Start this process's forkserver in the background, once: loading the parsers takes
+    a second or more, better spent while the visitor is still choosing a file."""
+    if not _warming.is_set():
+        _warming.set()
+        threading.Thread(target=forkserver.ensure_running, name="cage-warm-up", daemon=True).start()
 
 
 def _slots_for(concurrency: int) -> threading.BoundedSemaphore:

@@ -35,7 +35,7 @@ from flask import (
 )
 from werkzeug.exceptions import InternalServerError, RequestEntityTooLarge
 
-from . import filetypes, render, service, streaming
+from . import cage, filetypes, render, service, streaming
 from .extract import MAX_UPLOAD_BYTES, ExtractionError
 from .service import (
     Conversion,
@@ -101,6 +101,7 @@ def usd(amount: Decimal) -> str:
 
 @bp.get("/")
 def index() -> str:
+    cage.warm_up()  # the extraction cage starts while the visitor picks a file
     max_requests = service.max_requests()
     return render_template(
         "index.html",
