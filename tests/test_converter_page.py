@@ -183,3 +183,20 @@ def test_human_size() -> None:
     assert render.human_size(512) == "512 bytes"
     assert render.human_size(1536) == "1.5 KB"
     assert render.human_size(2 * 1024 * 1024) == "2 MB"
+
+
+def test_uploads_are_kept_in_memory_never_spilled_to_a_temporary_file(app: Flask) -> None:
+    import io
+
+    from flask import request
+
+    big = io.BytesIO(b"x" * (2 * 1024 * 1024))  # werkzeug spills anything over 500 KB
+    with app.test_request_context(
+        "/api/convert/plan",
+        method="POST",
+        data={"file": (big, "big.txt")},
+        content_type="multipart/form-data",
+    ):
+        stream = request.files["file"].stream
+        assert isinstance(stream, io.BytesIO)
+        assert stream.getbuffer().nbytes == 2 * 1024 * 1024

@@ -26,6 +26,7 @@ from typing import Any
 
 from flask import (
     Blueprint,
+    Request,
     Response,
     copy_current_request_context,
     current_app,
@@ -33,6 +34,7 @@ from flask import (
     render_template,
     request,
 )
+from flask.blueprints import BlueprintSetupState
 from werkzeug.exceptions import InternalServerError, RequestEntityTooLarge
 
 from . import cage, filetypes, render, service, streaming
@@ -47,8 +49,18 @@ from .service import (
     Plan,
     Upload,
 )
+from .uploads import InMemoryUploadsRequest
 
 bp = Blueprint("converter", __name__)
+
+
+@bp.record_once
+def _keep_uploads_in_memory(state: BlueprintSetupState) -> None:
+    """No spilling of uploads to temporary files (uploads.py), unless the app already
+    has a request class of its own."""
+    if state.app.request_class is Request:
+        state.app.request_class = InMemoryUploadsRequest
+
 
 # How often the page's preview of the part being written is re-rendered (the Markdown
 # source gets every delta; streaming.pump merges those that pile up).
