@@ -15,22 +15,12 @@ from html.parser import HTMLParser
 from urllib.parse import quote, unquote
 
 from .local_markdown import (
-    SPACES as _SPACES,
-)
-from .local_markdown import (
-    escape as _escape,
-)
-from .local_markdown import (
-    escape_line_start as _escape_line_start,
-)
-from .local_markdown import (
-    fenced as _fenced,
-)
-from .local_markdown import (
-    normalise_markdown as _normalise_markdown,
-)
-from .local_markdown import (
-    pipe_table as _pipe_table,
+    SPACES,
+    escape,
+    escape_line_start,
+    fenced,
+    normalise_markdown,
+    pipe_table,
 )
 
 __all__ = ["html_to_markdown"]
@@ -140,7 +130,7 @@ def html_to_markdown(html: str) -> str:
     builder = _TreeBuilder()
     builder.feed(html)
     builder.close()
-    return _normalise_markdown("\n\n".join(_Renderer().blocks(builder.root)))
+    return normalise_markdown("\n\n".join(_Renderer().blocks(builder.root)))
 
 
 def _wrap(inner: str, marker: str) -> str:
@@ -191,7 +181,7 @@ class _Renderer:
     def _walk(self, node: _Node, out: list[str], buffer: list[str]) -> None:
         for child in node.children:
             if isinstance(child, str):
-                buffer.append(_escape(_SPACES.sub(" ", child)))
+                buffer.append(escape(SPACES.sub(" ", child)))
                 continue
             tag = child.tag
             if tag in _DROP:
@@ -217,7 +207,7 @@ class _Renderer:
         text = "".join(buffer)
         buffer.clear()
         lines = [re.sub(" {2,}", " ", line).strip() for line in text.split("\n")]
-        lines = [_escape_line_start(line) for line in lines if line]
+        lines = [escape_line_start(line) for line in lines if line]
         if lines:
             # A backslash before the newline is CommonMark's hard break; unlike two
             # trailing spaces it survives trimming.
@@ -233,10 +223,10 @@ class _Renderer:
             src = _url(node.attrs.get("src", ""), image=True)
             if src is None:
                 return ""
-            alt = _escape(_SPACES.sub(" ", node.attrs.get("alt", "")).strip())
+            alt = escape(SPACES.sub(" ", node.attrs.get("alt", "")).strip())
             return f"![{alt}]({src})"
         if tag in ("code", "kbd", "samp", "tt", "var"):
-            code = _SPACES.sub(" ", _raw_text(node))
+            code = SPACES.sub(" ", _raw_text(node))
             if not code.strip():
                 return code
             ticks = "`" * (max((len(r) for r in re.findall(r"`+", code)), default=0) + 1)
@@ -252,7 +242,7 @@ class _Renderer:
                 return inner
             if not label:  # an icon-only link: say where it goes
                 title = node.attrs.get("aria-label") or node.attrs.get("title") or unquote(href)
-                label = _escape(_SPACES.sub(" ", title).strip())
+                label = escape(SPACES.sub(" ", title).strip())
             lead = " " if inner[:1] in (" ", "\n") else ""
             trail = " " if inner[-1:] in (" ", "\n") else ""
             return f"{lead}[{label}]({href}){trail}"
@@ -276,7 +266,7 @@ class _Renderer:
         parts = []
         for child in node.children:
             if isinstance(child, str):
-                parts.append(_escape(_SPACES.sub(" ", child)))
+                parts.append(escape(SPACES.sub(" ", child)))
             else:
                 parts.append(self._inline(child))
         return "".join(parts)
@@ -300,7 +290,7 @@ class _Renderer:
         for child in node.children:
             if isinstance(child, str):
                 if child.strip():
-                    items.append([_escape(_SPACES.sub(" ", child).strip())])
+                    items.append([escape(SPACES.sub(" ", child).strip())])
             elif child.tag == "li":
                 items.append(self.blocks(child))
             elif child.tag in ("ul", "ol") and items:  # <ul><li>a</li><ul>…</ul></ul>
@@ -343,7 +333,7 @@ class _Renderer:
             if match:
                 language = match.group(1)
                 break
-        out.append(_fenced(code, language))
+        out.append(fenced(code, language))
 
     def _blockquote(self, node: _Node, out: list[str]) -> None:
         inner = "\n\n".join(self.blocks(node))
@@ -385,7 +375,7 @@ class _Renderer:
             return
         if header_index:  # the header row goes first, wherever it was found
             rows.insert(0, rows.pop(header_index))
-        out.append(_pipe_table(rows))
+        out.append(pipe_table(rows))
 
 
 _EMPHASIS = {
