@@ -228,7 +228,8 @@ def convert() -> Any:
     def work(emit: streaming.Emit, stop: threading.Event) -> None:
         _stream_events(prepared, first, events, emit, stop)
 
-    stream = streaming.pump(work, heartbeat=KEEPALIVE_SECONDS, on_crash=_crash_event)
+    crash = _crash_event()  # rendered now, in the request: the pump's thread has no context
+    stream = streaming.pump(work, heartbeat=KEEPALIVE_SECONDS, on_crash=lambda: crash)
     response = Response(stream, mimetype="text/event-stream")
     response.headers["X-Accel-Buffering"] = "no"  # nginx-style proxies: don't hold it back
     response.vary.add("HX-Request")
