@@ -77,6 +77,19 @@
     form.querySelector("#plan").textContent = "Counting the AI requests this file needs…";
   });
 
+  document.addEventListener("htmx:afterRequest", (event) => {
+    const input = event.detail.elt;
+    if (input.id !== "file" || event.detail.xhr.status) return;
+    // The plan request never got an answer (offline, server down): say so, not "Counting…".
+    const line = document.createElement("p");
+    line.className = "plan__line plan__line--error";
+    line.dataset.plan = "";
+    line.dataset.planError = "unreachable";
+    line.textContent =
+      "The server couldn't be reached to read this file. Check your connection and choose it again.";
+    input.form.querySelector("#plan").replaceChildren(line);
+  });
+
   // ---- 2. the grant -----------------------------------------------------------------------
 
   let grant = null; // { token, remaining, expiresAt } while it has requests left
