@@ -18,21 +18,19 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from functools import cache
-from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    String,
     bindparam,
     delete,
     func,
-    literal,
     literal_column,
     or_,
     select,
+    text,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from ..extensions import db
@@ -214,31 +212,34 @@ _SPEND_TO_BUDGET = (
 )
 
 
-@cache
-def _hold_in_budget(dialect: str) -> Any:
-    """The conditional statement that takes a hold on the app's budget, or takes nothing.
-
-    INSERT … SELECT … WHERE <the window's spending and holds + this hold fit the budget>
-    ON CONFLICT (app_id, hour) DO UPDATE: one statement creates or grows the current
-    hour's row, or (RETURNING no row) refuses. The sum reads at most 25 rows on the
-    primary key. It runs under `_LOCK_BUDGET`, after the lock was granted, so on
-    PostgreSQL its snapshot sees every reservation of this app that committed before it;
-    settles and releases running beside it only ever lower the sum.
+# The conditional statement that takes a hold on the app's budget, or takes nothing:
+# INSERT … SELECT … WHERE <the window's spending and holds + this hold fit the budget>
+# ON CONFLICT (app_id, hour) DO UPDATE. One statement creates or grows the current hour's
+# row, or (RETURNING no row) refuses. The sum reads at most 25 rows on the primary key.
+# It runs under _LOCK_BUDGET, after the lock was granted, so on PostgreSQL its snapshot
+# sees every reservation of this app that committed before it; settles and releases
+# running beside it only ever lower the sum. Written as SQL text, the same for SQLite and
+# PostgreSQL: SQLAlchemy's dialect upsert constructs cannot be cached, and compiling one
+# on every call cost more than the statement (bench/profile_call.py --daily-budget).
+_HOLD_IN_BUDGET = text(
     """
-    build = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    app_id = bindparam("p_app_id")
-    window = (
-        select(func.coalesce(func.sum(_spend.c.spent_pusd + _spend.c.held_pusd), 0))
-        .where(_spend.c.app_id == app_id, _spend.c.hour >= _budget_hour - BUDGET_WINDOW_HOURS)
-        .scalar_subquery()
-    )
-    fits = window + _hold <= bindparam("p_budget", type_=BigInteger)
-    source = select(app_id, _budget_hour, literal(0, BigInteger), _hold).where(fits)
-    statement = build(_spend).from_select(["app_id", "hour", "spent_pusd", "held_pusd"], source)
-    return statement.on_conflict_do_update(
-        index_elements=[_spend.c.app_id, _spend.c.hour],
-        set_={"held_pusd": _spend.c.held_pusd + statement.excluded.held_pusd},
-    ).returning(_spend.c.hour)
+    INSERT INTO app_spend (app_id, hour, spent_pusd, held_pusd)
+    SELECT :p_app_id, :p_hour, 0, :p_hold
+    WHERE (
+        SELECT COALESCE(SUM(spent_pusd + held_pusd), 0) FROM app_spend
+        WHERE app_id = :p_app_id AND hour >= :p_hour - :p_window
+    ) + :p_hold <= :p_budget
+    ON CONFLICT (app_id, hour) DO UPDATE SET held_pusd = app_spend.held_pusd + excluded.held_pusd
+    RETURNING hour
+    """
+).bindparams(
+    # Typed, so PostgreSQL reads the same parameter as the same type in both places.
+    bindparam("p_app_id", type_=String(32)),
+    bindparam("p_hour", type_=BigInteger),
+    bindparam("p_hold", type_=BigInteger),
+    bindparam("p_budget", type_=BigInteger),
+    bindparam("p_window", value=BUDGET_WINDOW_HOURS, type_=BigInteger),
+)
 
 
 _OPEN_USAGE = (
@@ -391,7 +392,7 @@ def _hold_budget(app_id: str, hold: int) -> tuple[bool, int | None]:
     if lock is None:
         return True, None  # the budget was turned off a moment ago: nothing to hold
     held = _execute(
-        _hold_in_budget(db.session.get_bind().dialect.name),
+        _HOLD_IN_BUDGET,
         p_app_id=app_id,
         p_hour=lock.hour,
         p_hold=hold,
