@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/profile_call.py [--calls 2000] [--database-url URL] [--top 40]
     .venv/bin/python bench/profile_call.py --time     # no profiler: median ms, metered vs bare
+    .venv/bin/python bench/profile_call.py --time --daily-budget  # the app has a daily budget
 
 Builds the real app on a fresh SQLite file (or the given database, whose tables it
 drops and re-creates), makes grants with the engine's own service function, then runs
@@ -32,7 +33,7 @@ from bench.run import METERED_BODY, ORIGIN  # noqa: E402
 from wattfare_demo import create_app  # noqa: E402
 from wattfare_demo.config import engine_options  # noqa: E402
 from wattfare_demo.engine import ensure_configured_app, grants  # noqa: E402
-from wattfare_demo.engine.apps import app_for_secret_key  # noqa: E402
+from wattfare_demo.engine.apps import app_for_secret_key, set_daily_budget  # noqa: E402
 from wattfare_demo.engine.tokens import new_app_id, new_secret_key  # noqa: E402
 from wattfare_demo.extensions import db  # noqa: E402
 
@@ -44,6 +45,11 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=40)
     parser.add_argument("--sort", default="cumulative")
     parser.add_argument("--time", action="store_true", help="time, don't profile")
+    parser.add_argument(
+        "--daily-budget",
+        action="store_true",
+        help="give the app a daily budget (one no call reaches): the budgeted path",
+    )
     args = parser.parse_args()
     url = args.database_url or f"sqlite:///{tempfile.mkdtemp()}/profile.db"
     app_id = new_app_id()
@@ -69,6 +75,8 @@ def main() -> None:
     warm = 200
     with app.app_context():
         record = app_for_secret_key(secret_key)
+        if args.daily_budget:
+            set_daily_budget(record, 10**6 * 10**12)  # a million dollars a day
         tokens = [
             grants.create_grant(
                 record, origin=ORIGIN, subject=None, requests=100, max_pusd=None, ttl=3600

@@ -308,6 +308,7 @@ def mint_sessions(secret_key: str, count: int) -> list[str]:
                 "exp": now + 600,
                 "jti": uuid.uuid4().hex,
                 "origin": ORIGIN,
+                "requests": 5,  # the question the session allows (the body asks for 5)
             },
             key,
         )
@@ -545,8 +546,8 @@ def hammer(
 def grant_creation(
     run: Run, engine: Engine, wrk_path: str, base: str, target: Target, args: argparse.Namespace
 ) -> None:
-    # One session JWT per call we may send (the engine may one day refuse a replayed
-    # jti); they are minted before the clock starts.
+    # One session JWT per call we may send (a session creates one grant: the engine
+    # refuses a replayed jti with 409); they are minted before the clock starts.
     sessions = mint_sessions(target.secret_key, min(args.max_rate * args.duration, 50_000))
     before = engine.scalar("SELECT count(*) FROM grants")
     load = wrk(

@@ -99,8 +99,33 @@
     }
   }
 
+  // What the token allows, against what this page asks. The server refuses a grant that
+  // asks for more (403 exceeds_session); saying so before Approve spares the visitor a
+  // click that cannot work. Null when it fits.
+  function beyondSession(claims) {
+    const requests = Number(data.requests);
+    if (typeof claims.requests !== "number" || claims.requests < requests) {
+      return (
+        `The app allows at most ${claims.requests || 0} request(s) here, but this page ` +
+        `asks for ${requests}. Nothing was approved.`
+      );
+    }
+    if (typeof claims.maxUsd === "number") {
+      const cap = data.maxUsd === undefined ? Infinity : Number(data.maxUsd);
+      if (!(cap <= claims.maxUsd)) {
+        return (
+          `The app allows a dollar cap of at most $${claims.maxUsd} here, but this page ` +
+          `asks for ${data.maxUsd === undefined ? "no cap" : `$${data.maxUsd}`}. ` +
+          "Nothing was approved."
+        );
+      }
+    }
+    return null;
+  }
+
   function onSession(token) {
     const claims = claimsOf(token);
+    const beyond = claims && beyondSession(claims);
     if (!claims) {
       fail({ code: "session_invalid", message: "The app sent a session token that is not a JWT." });
     } else if (claims.iss !== data.appId || claims.origin !== openerOrigin) {
@@ -110,6 +135,8 @@
           `The app's session token is for ${claims.origin || "no origin"}, ` +
           `not for ${openerOrigin}. Nothing was approved.`,
       });
+    } else if (beyond) {
+      fail({ code: "exceeds_session", message: beyond });
     } else {
       sessionToken = token;
       say(data.autoApprove ? "Test mode: approving automatically…" : "");

@@ -7,7 +7,9 @@
  *
  *   const wf = Wattfare.createWattfare({
  *     publishableKey: "pk_test_…",
- *     session: "/api/wattfare-token", // POSTed on this page's origin → { token, expiresAt }
+ *     // POSTed on this page's origin with the question, { requests, maxUsd },
+ *     // and answers { token, expiresAt }: a session token bound to that question.
+ *     session: "/api/wattfare-token",
  *   });
  *   button.onclick = async () => {
  *     const grant = await wf.requestGrant({ requests: 1, maxUsd: 0.5 });
@@ -77,9 +79,12 @@
     const engineOrigin = base.origin;
     const defaultTimeout = timeoutMs ?? DEFAULT_TIMEOUT_MS;
 
-    async function sessionToken() {
+    // The session token is minted for this one question: the app's server sees what the
+    // page will ask for, decides whether it allows it, and the engine holds the grant to
+    // the token's answer (no more requests, no higher cap, one grant per token).
+    async function sessionToken(question) {
       if (sessionUrl === null) {
-        const value = await session();
+        const value = await session(question);
         const token = typeof value === "string" ? value : value && value.token;
         if (typeof token !== "string" || !token) throw new Error("the session function gave no token");
         return token;
@@ -88,9 +93,14 @@
         method: "POST",
         credentials: "same-origin",
         headers: { Accept: "application/json", "Content-Type": "application/json" },
-        body: "{}",
+        body: JSON.stringify(question),
       });
-      if (!response.ok) throw new Error(`${sessionUrl.pathname} answered HTTP ${response.status}`);
+      if (!response.ok) {
+        // The app's server may say why (a question it does not allow, say): pass it on.
+        const detail = await response.json().catch(() => null);
+        const said = detail && typeof detail.message === "string" ? `: ${detail.message}` : "";
+        throw new Error(`${sessionUrl.pathname} answered HTTP ${response.status}${said}`);
+      }
       const body = await response.json();
       if (!body || typeof body.token !== "string") throw new Error("the answer has no token");
       return body.token;
@@ -250,7 +260,7 @@
         }
 
         window.addEventListener("message", onMessage);
-        sessionToken().then(
+        sessionToken({ requests, maxUsd }).then(
           (value) => {
             token = value;
             handOver();

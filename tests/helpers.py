@@ -15,8 +15,15 @@ from wattfare_demo.engine.tokens import parse_secret_key, session_signing_key
 ORIGIN = "http://localhost:5000"
 
 
-def mint_session(secret_key: str, origin: str = ORIGIN, ttl: int = 300, **claims: Any) -> str:
-    """A session JWT as an app's server mints it (the SDK's create_session does the same)."""
+def mint_session(
+    secret_key: str, origin: str = ORIGIN, ttl: int = 300, requests: int | None = 100, **claims: Any
+) -> str:
+    """A session JWT as an app's server mints it (the SDK's create_session does the same).
+
+    It allows any grant the engine allows (`requests` 100, no `maxUsd`, no `model`) unless
+    told otherwise; a claim given as None is left out. Each call is a new session (`jti`):
+    a session creates one grant.
+    """
     now = int(time.time())
     payload: dict[str, Any] = {
         "iss": parse_secret_key(secret_key).app_id,
@@ -25,6 +32,7 @@ def mint_session(secret_key: str, origin: str = ORIGIN, ttl: int = 300, **claims
         "exp": now + ttl,
         "jti": uuid.uuid4().hex,
         "origin": origin,
+        "requests": requests,
     }
     payload.update(claims)
     payload = {k: v for k, v in payload.items() if v is not None}

@@ -1,19 +1,25 @@
 """The accounting in grants.py against a model, under random sequences of operations.
 
-A Hypothesis state machine creates grants (with and without a dollar cap), reserves
-calls of random sizes at random prices, settles them with real usage below and above
-the hold, releases them, settles or releases twice, lets holds go stale, sweeps them,
-expires grants by the database clock and revokes them. After every step the database
-must agree with a plain-Python model of the rules, and the invariants hold:
+A Hypothesis state machine creates grants (with and without a dollar cap, for one model
+or any), reserves calls of random sizes at random prices on random models, settles them
+with real usage below and above the hold, releases them, settles or releases twice, lets
+holds go stale, sweeps them, expires grants by the database clock, revokes them, and sets
+and lifts the app's daily budget. After every step the database must agree with a
+plain-Python model of the rules, and the invariants hold:
 
     0 <= remaining <= requests        spent + held <= cap
     used + reserved + remaining == requests
     used == ledger rows 'ok'          spent == their cost
     reserved, held == the pending rows and their holds
+    the app's budget rows == the spending and holds of the calls reserved under a budget
+    a reservation under a budget leaves the day's spending and holds within it
     a refusal's 402 reason is the model's
 
 and once every call is settled or released, no hold is left behind. Runs on SQLite,
 and on PostgreSQL too when TEST_DATABASE_URL is set.
+
+The model is written from the rules, not from the engine: it never calls grants.py to
+work out what a balance should be (a bug there would then agree with itself).
 """
 
 from __future__ import annotations
@@ -35,13 +41,13 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 
 from wattfare_demo.engine import grants
-from wattfare_demo.engine.apps import create_app_record
+from wattfare_demo.engine.apps import create_app_record, set_daily_budget
 from wattfare_demo.engine.clock import db_now
 from wattfare_demo.engine.errors import ApiError
-from wattfare_demo.engine.models import App, Grant, Usage
+from wattfare_demo.engine.models import App, AppSpend, Grant, Usage
 from wattfare_demo.engine.pricing import Price
 from wattfare_demo.engine.tokens import new_grant_token, parse_secret_key
 from wattfare_demo.extensions import db
@@ -54,6 +60,22 @@ PRICES = [
     Price(0, 0),  # free
 ]
 HOLD_TTL = 900
+MODELS = ["m/odel", "x/other"]
+
+
+def cost(price: Price, prompt: int, completion: int) -> int:
+    """Pico-dollars: prices are micro-dollars per million tokens (pricing.py's rule)."""
+    return prompt * price.input_micro_per_m + completion * price.output_micro_per_m
+
+
+def affordable(price: Price, budget: int, prompt: int) -> int:
+    """How many completion tokens `budget` pays for after the prompt."""
+    left = budget - prompt * price.input_micro_per_m
+    if left <= 0:
+        return 0
+    if price.output_micro_per_m == 0:
+        return 2**31 - 1
+    return left // price.output_micro_per_m
 
 
 @dataclass
@@ -64,6 +86,7 @@ class ModelHold:
     price: Price
     prompt: int
     stale: bool  # its hold_expires_at is in the past: the sweeper may take it
+    budgeted: bool  # reserved while the app had a daily budget: held on it too
     state: str = "pending"  # pending | ok | failed | expired (as in the ledger)
     cost: int = 0
     reservation: grants.Reservation | None = None
@@ -75,6 +98,7 @@ class ModelGrant:
     id: int
     requests: int
     cap: int | None
+    model: str | None  # the one model it may be spent on; None: any
     used: int = 0
     spent: int = 0
     expired: bool = False
@@ -93,10 +117,12 @@ class ModelGrant:
     def held(self) -> int:
         return sum(h.hold for h in self.pending)
 
-    def balance(self) -> grants.GrantBalance:
-        return grants.GrantBalance.of(
-            self.requests, self.used, self.reserved, self.cap, self.spent, self.held
-        )
+    def balance(self) -> tuple[int, int | None]:
+        """(requests left, dollars left under the cap): calls in flight count as spent."""
+        left = self.requests - self.used - len(self.pending)
+        if self.cap is None:
+            return left, None
+        return left, self.cap - self.spent - sum(h.hold for h in self.pending)
 
     def status(self) -> str:
         if self.revoked:
@@ -122,11 +148,16 @@ class ModelGrant:
             and (self.cap is None or self.spent + self.held + hold <= self.cap)
         )
 
-    def predict_reserve(self, price: Price, prompt: int, max_tokens: int) -> tuple[int, int] | str:
-        """(hold, max_tokens) of a reservation, or the 402 reason; as the rules say."""
+    def predict_reserve(
+        self, price: Price, prompt: int, max_tokens: int, model: str
+    ) -> tuple[int, int] | str:
+        """(hold, max_tokens) of a reservation as far as the grant decides, or the 402
+        reason; as the rules say."""
         if self.revoked:
             return "revoked"
-        hold = price.cost_pusd(prompt, max_tokens)
+        if self.model is not None and self.model != model:
+            return "model_not_granted"
+        hold = cost(price, prompt, max_tokens)
         if self.fits(hold):
             return hold, max_tokens
         # Refused: stale holds of this grant are released first, then the reason.
@@ -137,11 +168,11 @@ class ModelGrant:
             return "exhausted"
         if self.cap is None:
             return hold, max_tokens  # only stale holds were in the way
-        affordable = price.affordable_completion_tokens(self.cap - self.spent - self.held, prompt)
-        if affordable < 1:
+        room = affordable(price, self.cap - self.spent - self.held, prompt)
+        if room < 1:
             return "over_cap"
-        tokens = min(max_tokens, affordable)
-        return price.cost_pusd(prompt, tokens), tokens
+        tokens = min(max_tokens, room)
+        return cost(price, prompt, tokens), tokens
 
 
 class AccountingMachine(RuleBasedStateMachine):
@@ -162,12 +193,27 @@ class AccountingMachine(RuleBasedStateMachine):
         self.other_app_id = self.flask_app.config["OTHER_APP_ID"]
         self.model: list[ModelGrant] = []
         self.touched: ModelGrant | None = None  # the grant the last step worked on
+        self.budget: int | None = None  # the app's daily budget, pUSD
+        self.steps = 0
 
     def _clear(self) -> None:
         db.session.rollback()
         db.session.execute(delete(Usage))
         db.session.execute(delete(Grant))
+        db.session.execute(delete(AppSpend))
+        db.session.execute(update(App).values(daily_budget_pusd=None))
         db.session.commit()
+
+    # --- the app's daily budget, in the model ----------------------------------------
+
+    def budget_spent(self) -> int:
+        return sum(h.cost for g in self.model for h in g.holds if h.budgeted and h.state == "ok")
+
+    def budget_held(self) -> int:
+        return sum(h.hold for g in self.model for h in g.pending if h.budgeted)
+
+    def sweep_all(self) -> int:
+        return sum(g.sweep() for g in self.model)
 
     def teardown(self) -> None:
         try:
@@ -194,16 +240,17 @@ class AccountingMachine(RuleBasedStateMachine):
         target=grant_refs,
         requests=st.integers(1, 2) | st.integers(1, 6),
         cap=st.none() | st.integers(1, 3 * 10**9) | st.sampled_from([10**6, 10**8]),
+        model=st.sampled_from([None, None, None, *MODELS]),
     )
-    def create(self, requests: int, cap: int | None) -> ModelGrant:
+    def create(self, requests: int, cap: int | None, model: str | None) -> ModelGrant:
         app = db.session.get(App, self.app_id)
         new = grants.create_grant(
             app, origin="http://localhost:5000", subject=None, requests=requests,
-            max_pusd=cap, ttl=600,
+            max_pusd=cap, ttl=600, model=model,
         )  # fmt: skip
         assert new.requests == requests
         grant_id = db.session.scalar(select(Grant.id).order_by(Grant.id.desc()).limit(1))
-        grant = ModelGrant(token=new.token, id=grant_id, requests=requests, cap=cap)
+        grant = ModelGrant(token=new.token, id=grant_id, requests=requests, cap=cap, model=model)
         self.model.append(grant)
         self.touched = grant
         return grant
@@ -216,27 +263,41 @@ class AccountingMachine(RuleBasedStateMachine):
         "max_tokens": st.integers(1, 2000) | st.sampled_from([1, 10**6]),
         # A hold whose worker "crashed": stale at once, for the sweeper to find.
         "stale": st.integers(0, 2).map(lambda n: n == 0),
+        "model": st.sampled_from([MODELS[0], MODELS[0], MODELS[0], MODELS[1]]),
     }
 
     @rule(**reserve_args)
-    def reserve(self, grant: ModelGrant, price: Price, prompt: int, max_tokens: int, stale: bool):
-        return self._reserve(grant, price, prompt, max_tokens, stale)
+    def reserve(self, grant, price, prompt, max_tokens, stale, model):
+        return self._reserve(grant, price, prompt, max_tokens, stale, model)
 
     @rule(**reserve_args)
-    def reserve_more(
-        self, grant: ModelGrant, price: Price, prompt: int, max_tokens: int, stale: bool
-    ):
+    def reserve_more(self, grant, price, prompt, max_tokens, stale, model):
         """The same rule again, so that reserving is drawn twice as often."""
-        return self._reserve(grant, price, prompt, max_tokens, stale)
+        return self._reserve(grant, price, prompt, max_tokens, stale, model)
 
-    def _reserve(self, grant: ModelGrant, price: Price, prompt: int, max_tokens: int, stale: bool):
+    def predict(
+        self, grant: ModelGrant, price: Price, prompt: int, max_tokens: int, model: str
+    ) -> tuple[int, int] | str:
+        """The grant's answer, then the app's budget's: a hold that fits the grant must
+        fit the day too, after the stale holds (of any grant) are released."""
+        expected = grant.predict_reserve(price, prompt, max_tokens, model)
+        if isinstance(expected, str) or self.budget is None:
+            return expected
+        hold = expected[0]
+        if self.budget_spent() + self.budget_held() + hold <= self.budget:
+            return expected
+        if self.sweep_all() and self.budget_spent() + self.budget_held() + hold <= self.budget:
+            return expected
+        return "app_budget"
+
+    def _reserve(self, grant, price, prompt, max_tokens, stale, model):
         self.touched = grant
-        expected = grant.predict_reserve(price, prompt, max_tokens)
+        expected = self.predict(grant, price, prompt, max_tokens, model)
         try:
             reservation = grants.reserve(
                 self.app_id,
                 grant.token,
-                model="m/odel",
+                model=model,
                 price=price,
                 prompt_tokens=prompt,
                 max_tokens=max_tokens,
@@ -253,10 +314,15 @@ class AccountingMachine(RuleBasedStateMachine):
         assert (reservation.hold_pusd, reservation.max_tokens) == (hold_pusd, tokens)
         assert reservation.grant_id == grant.id
         assert 1 <= reservation.max_tokens <= max_tokens
-        hold = ModelHold(grant, reservation.usage_id, hold_pusd, price, prompt, stale)
+        budgeted = self.budget is not None
+        assert (reservation.budget_hour is not None) == budgeted
+        hold = ModelHold(grant, reservation.usage_id, hold_pusd, price, prompt, stale, budgeted)
         hold.reservation = reservation
         grant.holds.append(hold)
-        assert reservation.balance == grant.balance()
+        balance = reservation.balance
+        assert (balance.remaining, balance.remaining_pusd) == grant.balance()
+        if budgeted:
+            assert self.budget_spent() + self.budget_held() <= self.budget
         return hold
 
     @rule(grant=grant_refs, other_app=st.booleans(), token=st.sampled_from(["new", "bad"]))
@@ -305,14 +371,14 @@ class AccountingMachine(RuleBasedStateMachine):
         event(f"settle a hold that is {hold.state}")
         grant = self.touched = hold.grant
         if hold.state == "pending":
-            real = hold.price.cost_pusd(prompt, completion)
+            real = cost(hold.price, prompt, completion)
             if real > hold.hold:
                 event("settle: real cost above the hold, clamped")
             hold.state = "ok"
             hold.cost = min(real, hold.hold)
             grant.used += 1
             grant.spent += hold.cost
-        assert balance == grant.balance()
+        assert (balance.remaining, balance.remaining_pusd) == grant.balance()
 
     @rule(target=done_refs, hold=consumes(hold_refs))
     def release(self, hold: ModelHold) -> ModelHold:
@@ -346,16 +412,28 @@ class AccountingMachine(RuleBasedStateMachine):
     def sweep(self) -> None:
         swept = grants.release_stale()
         event(f"sweep released {min(swept, 2)}{'+' if swept > 2 else ''}")
-        assert swept == sum(g.sweep() for g in self.model)
+        assert swept == self.sweep_all()
+
+    # Every fourth step at most: as a rule among equals it would crowd out the calls.
+    @precondition(lambda self: self.steps % 4 == 0)
+    @rule(budget=st.integers(0, 3 * 10**9) | st.sampled_from([10**6, 10**8, 10**9, None]))
+    def set_budget(self, budget: int | None) -> None:
+        """Set, change or lift the app's daily budget between calls."""
+        event("budget lifted" if budget is None else "budget set")
+        set_daily_budget(db.session.get(App, self.app_id), budget)
+        self.budget = budget
 
     # --- invariants ------------------------------------------------------------------
 
     @invariant()
     def check_database(self) -> None:
+        self.steps += 1
         rows = {g.id: g for g in db.session.scalars(select(Grant))}
         ledger: dict[int, list[Usage]] = {}
+        budgeted: dict[int, bool] = {}
         for usage in db.session.scalars(select(Usage).order_by(Usage.id)):
             ledger.setdefault(usage.grant_id, []).append(usage)
+            budgeted[usage.id] = usage.budget_hour is not None
         assert len(rows) == len(self.model)
         for grant in self.model:
             row = rows[grant.id]
@@ -386,7 +464,17 @@ class AccountingMachine(RuleBasedStateMachine):
             ]
             if grant is self.touched:  # (two more queries: not for every grant)
                 assert grants.grant_status(row) == grant.status()
-                assert grants.current_balance(grant.id) == grant.balance()
+                balance = grants.current_balance(grant.id)
+                assert (balance.remaining, balance.remaining_pusd) == grant.balance()
+        # The budget's rows: what the calls reserved under a budget spent, and still hold.
+        spent, held = db.session.execute(
+            select(func.coalesce(func.sum(AppSpend.spent_pusd), 0),
+                   func.coalesce(func.sum(AppSpend.held_pusd), 0))
+            .where(AppSpend.app_id == self.app_id)
+        ).one()  # fmt: skip
+        assert (spent, held) == (self.budget_spent(), self.budget_held())
+
+        assert budgeted == {h.usage_id: h.budgeted for g in self.model for h in g.holds}
 
 
 def test_accounting_matches_the_model(app) -> None:

@@ -1,11 +1,15 @@
-"""Racing a grant: counts and dollars stay exact under concurrency.
+"""Racing a grant, and an app's daily budget: counts and dollars stay exact under
+concurrency.
 
 Threads wait on a barrier and fire at once over real HTTP, first at one threaded server,
-then at four gunicorn worker processes sharing the database (SQLite file or PostgreSQL).
+then at four gunicorn worker processes sharing the database (SQLite file or PostgreSQL),
+whose access log (asked for with GUNICORN_CMD_ARGS, as a deploy may) shows that more
+than one of them served the race.
 """
 
 from __future__ import annotations
 
+import re
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -17,6 +21,8 @@ from sqlalchemy import func, select
 
 from tests.helpers import chat_body
 from tests.procfile import WebProcess, procfile_env
+from wattfare_demo.engine import grants
+from wattfare_demo.engine.apps import app_for_secret_key, set_daily_budget
 from wattfare_demo.engine.models import Grant, Usage
 from wattfare_demo.extensions import db
 
@@ -24,17 +30,21 @@ LONG_DOC = "<p>" + "word " * 300 + "</p>"
 
 
 def race(url: str, headers: dict[str, str], body: dict, n: int) -> Counter:
-    barrier = threading.Barrier(n)
+    return Counter(status for status, _ in race_each(url, [headers] * n, body))
 
-    def one(_: int) -> int:
+
+def race_each(url: str, each: list[dict[str, str]], body: dict) -> list[tuple[int, dict]]:
+    """One thread per headers in `each`, all calling at once; (status, JSON body) each."""
+    barrier = threading.Barrier(len(each))
+
+    def one(headers: dict[str, str]) -> tuple[int, dict]:
         with httpx.Client(timeout=60) as client:
             barrier.wait()
-            return client.post(
-                f"{url}/api/v1/chat/completions", headers=headers, json=body
-            ).status_code
+            response = client.post(f"{url}/api/v1/chat/completions", headers=headers, json=body)
+            return response.status_code, response.json()
 
-    with ThreadPoolExecutor(n) as pool:
-        return Counter(pool.map(one, range(n)))
+    with ThreadPoolExecutor(len(each)) as pool:
+        return list(pool.map(one, each))
 
 
 def ledger(app) -> tuple[int, int, int, int, int]:
@@ -77,8 +87,13 @@ def test_fifty_threads_race_a_dollar_cap(app, client, live_server, make_grant, a
     assert spent == 5 * cost  # exactly the cap, never above it
 
 
+# gunicorn's own access log, which the Procfile's config leaves off: the pid of the
+# worker that served each request, its status and path.
+ACCESS_LOG = "--access-logfile - --access-logformat 'served-by=%(p)s %(s)s %(U)s'"
+
+
 @pytest.fixture
-def gunicorn_workers(app, app_config, tmp_path) -> Iterator[str]:
+def gunicorn_workers(app, app_config, tmp_path) -> Iterator[WebProcess]:
     """Four gunicorn worker processes serving the test database, started exactly as the
     Procfile's `web` line says (so with its production default and gthread workers)."""
     env = procfile_env(
@@ -88,16 +103,48 @@ def gunicorn_workers(app, app_config, tmp_path) -> Iterator[str]:
             "WATTFARE_PUBLISHABLE_KEY": app_config["WATTFARE_PUBLISHABLE_KEY"],
             "WATTFARE_SECRET_KEY": app_config["WATTFARE_SECRET_KEY"],
             "WATTFARE_ALLOWED_ORIGINS": ",".join(app_config["WATTFARE_ALLOWED_ORIGINS"]),
+            "GUNICORN_CMD_ARGS": ACCESS_LOG,
         }
     )
     with WebProcess(env, tmp_path, workers=4) as web:
-        yield web.url
+        yield web
+
+
+def workers_that_served(web: WebProcess, path: str = "/api/v1/chat/completions") -> set[str]:
+    stdout, _ = web.output()
+    return set(re.findall(rf"served-by=<(\d+)> \d+ {re.escape(path)}", stdout))
 
 
 def test_four_worker_processes_race_a_five_request_grant(
     app, gunicorn_workers, make_grant, api_headers
 ):
     grant = make_grant(5)
-    statuses = race(gunicorn_workers, api_headers(grant), chat_body(), 50)
+    statuses = race(gunicorn_workers.url, api_headers(grant), chat_body(), 50)
     assert statuses == Counter({200: 5, 402: 45})
     assert ledger(app)[:4] == (5, 5, 5, 0)
+    # A race between processes, not threads of one: more than one worker served it.
+    assert len(workers_that_served(gunicorn_workers)) > 1
+
+
+def test_four_worker_processes_race_the_apps_daily_budget(
+    app, client, gunicorn_workers, make_grant, api_headers
+):
+    """50 calls at once, each on a grant of its own (so no grant's row lock orders them):
+    only the app's budget stands between them and the operator's upstream key."""
+    body = chat_body(LONG_DOC, max_tokens=10)  # cut at 10 tokens: costs exactly its hold
+    cost = hold_for(client, api_headers, make_grant)
+    secret_key = app.config["WATTFARE_SECRET_KEY"]
+    with app.app_context():
+        set_daily_budget(app_for_secret_key(secret_key), 5 * cost)
+        db.session.remove()
+    each = [api_headers(make_grant(1)) for _ in range(50)]
+    answers = race_each(gunicorn_workers.url, each, body)
+    assert Counter(status for status, _ in answers) == Counter({200: 5, 402: 45})
+    assert {a["error"]["reason"] for status, a in answers if status == 402} == {"app_budget"}
+    with app.app_context():
+        spent, held = grants.budget_window_spend(secret_key.split("_")[2])
+        settled = db.session.scalars(select(Usage.cost_pusd).where(Usage.status == "ok")).all()
+        db.session.remove()
+    assert (spent, held) == (5 * cost, 0)  # the ceiling exactly, never past it
+    assert len(settled) == 1 + 5 and sum(settled) == 6 * cost  # the probe, and the five
+    assert len(workers_that_served(gunicorn_workers)) > 1

@@ -104,7 +104,9 @@ def unescape(html: str) -> str:
 
 
 def test_token_is_minted_for_the_pages_origin_and_creates_grants(client: FlaskClient) -> None:
-    response = client.post("/api/wattfare-token", base_url=ORIGIN, headers={"Origin": ORIGIN})
+    response = client.post(
+        "/api/wattfare-token", base_url=ORIGIN, headers={"Origin": ORIGIN}, json={"requests": 2}
+    )
 
     assert response.status_code == 200
     assert response.headers["Cache-Control"] == "no-store"

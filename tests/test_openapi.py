@@ -133,6 +133,10 @@ def exercise_grants(api: Api, app: Flask) -> None:
     expired = api.session(iat=0, exp=1)
     api.call(401, "POST", post, json={"requests": 1}, headers=expired)
     api.call(403, "POST", post, json={"requests": 1}, headers=api.session(origin="https://x.test"))
+    api.call(403, "POST", post, json={"requests": 3}, headers=api.session(requests=2))
+    once = api.session()
+    api.call(200, "POST", post, json={"requests": 1}, headers=once)
+    api.call(409, "POST", post, json={"requests": 1}, headers=once)
     api.call(
         413,
         "POST",
@@ -280,7 +284,7 @@ def test_real_responses_match_the_document(
     limited = make_app(
         RATELIMIT_ENABLED=True,
         WATTFARE_RATE_LIMIT_GRANTS="1/minute",
-        WATTFARE_RATE_LIMIT_CHAT="1/minute",
+        WATTFARE_APP_RATE_LIMIT_CHAT="1/minute",
     )
     limited_api = Api(limited.test_client(), secret_key)
     exercise_rate_limits(limited_api)

@@ -69,16 +69,17 @@ def test_procfile_release_then_four_workers_race_a_ten_request_grant(pg_url, key
     assert release.returncode == 0, release.stderr
 
     secret_key = keys["WATTFARE_SECRET_KEY"]
-    session = mint_session(secret_key)
+    sessions = []
     tokens = []
     with WebProcess(env, tmp_path, workers=4) as web, httpx.Client(base_url=web.url) as http:
         assert http.get("/healthz").json() == {"status": "ok"}
 
         def new_grant(requests: int) -> str:
+            sessions.append(mint_session(secret_key, requests=requests))  # one grant each
             response = http.post(
                 "/api/v1/grants",
                 json={"requests": requests},
-                headers={"Authorization": f"Bearer {session}"},
+                headers={"Authorization": f"Bearer {sessions[-1]}"},
             )
             assert response.status_code == 200, response.text
             tokens.append(response.json()["grantToken"])
@@ -97,6 +98,20 @@ def test_procfile_release_then_four_workers_race_a_ten_request_grant(pg_url, key
         assert again.status_code == 402
         assert again.json()["error"]["reason"] == "exhausted"
 
+        # Behind Heroku's router (the Procfile trusts one proxy): the page's https origin,
+        # as the router reports it, is the converter's own, and gets a session token.
+        public = "https://my-converter.example"
+        behind_router = {
+            "Origin": public,
+            "X-Forwarded-Proto": "https",
+            "X-Forwarded-Host": "my-converter.example",
+            "X-Forwarded-For": "203.0.113.9",
+        }
+        minted = http.post("/api/wattfare-token", json={"requests": 1}, headers=behind_router)
+        assert minted.status_code == 200, minted.text
+        assert minted.headers["Strict-Transport-Security"] == "max-age=31536000"
+        sessions.append(minted.json()["token"])
+
         ten = new_grant(10)
         statuses = race(web.url, headers(ten), chat_body(), 100)
 
@@ -109,5 +124,5 @@ def test_procfile_release_then_four_workers_race_a_ten_request_grant(pg_url, key
     outcomes = Counter(re.search(r"status=(\d+) .*outcome=(\S+)", x).groups() for x in chat_lines)
     assert outcomes == Counter({("200", "settled"): 11, ("402", "refused:exhausted"): 91})
     assert "path=/api/v1/chat/completions" not in stderr
-    for secret in (secret_key, session, settings["SECRET_KEY"], *tokens):
+    for secret in (secret_key, *sessions, settings["SECRET_KEY"], *tokens):
         assert secret not in stdout and secret not in stderr

@@ -175,7 +175,7 @@ def test_a_bad_request_names_the_field(wf, make_grant):
 def test_sessions_are_accepted_by_the_engine(app, client, wf, secret_key):
     # The SDK derives the signing key on its own; it must be the engine's.
     assert signing_key(secret_key) == session_signing_key(secret_key)
-    session = wf.create_session("user-7", origin=ORIGIN, ttl=120)
+    session = wf.create_session("user-7", origin=ORIGIN, requests=2, ttl=120)
     response = client.post(
         "/api/v1/grants",
         json={"requests": 2},
@@ -184,7 +184,7 @@ def test_sessions_are_accepted_by_the_engine(app, client, wf, secret_key):
     assert response.status_code == 200, response.get_json()
     with app.app_context():
         assert db.session.scalar(select(Grant.subject)) == "user-7"
-    anonymous = wf.create_session(origin=ORIGIN + "/")
+    anonymous = wf.create_session(origin=ORIGIN + "/", requests=1)
     assert anonymous.expires_at > session.expires_at
     response = client.post(
         "/api/v1/grants",
@@ -200,7 +200,7 @@ def test_sessions_are_accepted_by_the_engine(app, client, wf, secret_key):
 )
 def test_session_arguments_are_checked(wf, origin, ttl):
     with pytest.raises(ValueError):
-        wf.create_session(origin=origin, ttl=ttl)
+        wf.create_session(origin=origin, requests=1, ttl=ttl)
 
 
 def test_without_url_or_app_the_embedded_engine_is_built(app, app_config, make_grant, monkeypatch):
@@ -230,7 +230,10 @@ def test_the_sdk_imports_neither_the_engine_nor_flask():
             if isinstance(node, ast.Import):
                 names = [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom):
-                assert node.level <= 1, f"{path.name} imports outside the SDK"
+                # Besides itself, the SDK may import the one pure module it shares with
+                # the engine: wattfare_demo/origins.py (the standard library only).
+                shared = node.level == 2 and node.module == "origins"
+                assert node.level <= 1 or shared, f"{path.name} imports outside the SDK"
                 names = [node.module or ""] if node.level == 0 else []
             else:
                 continue

@@ -30,7 +30,7 @@ def test_remote_mode_by_base_url(live_server, secret_key, make_grant):
         assert "".join(stream).startswith("# Report") and stream.remaining == 1
         assert grant.status().remaining == 1
         # A session minted by the SDK creates a grant over HTTP too.
-        session = wf.create_session(origin=ORIGIN)
+        session = wf.create_session(origin=ORIGIN, requests=1)
 
     response = httpx.post(
         f"{live_server.url}/api/v1/grants",

@@ -372,6 +372,7 @@ def gunicorn_server(request, app, app_config) -> Iterator[str]:
         "WATTFARE_UPSTREAM_TIMEOUT": str(TIMEOUT),
         "WATTFARE_PRICES": json.dumps(app_config["WATTFARE_PRICES"]),
         "WATTFARE_ENV": "production",
+        "WATTFARE_DAILY_BUDGET_USD": "off",  # production with a paid provider asks for one
     }
     env.pop("OPENROUTER_API_KEY", None)
     threads = ["--threads", "4"] if request.param == "gthread" else []

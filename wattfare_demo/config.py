@@ -14,6 +14,7 @@ from typing import Any
 
 # What a deploy must never run with: the development default of SECRET_KEY.
 DEV_SECRET_KEY = "dev-only-not-secret"  # noqa: S105 - the value production refuses
+DEFAULT_APP_NAME = "File converter demo"
 
 OPENROUTER_URL = "https://openrouter.ai/api/v1"
 
@@ -60,7 +61,33 @@ def _bool(value: str | None, default: bool = False) -> bool:
 
 
 def _list(value: str | None) -> list[str]:
-    return [item.strip().rstrip("/") for item in (value or "").split(",") if item.strip()]
+    return [item.strip() for item in (value or "").split(",") if item.strip()]
+
+
+def _int(environ: Mapping[str, str], name: str, default: int) -> int:
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a whole number.") from None
+
+
+# The rate limits, per visitor (the client address, through WATTFARE_PROXY_HOPS trusted
+# proxies) unless the name says APP: then per app, a much higher ceiling that only counts
+# what did something. docs/configuration-rate-limits.md explains each one.
+RATE_LIMIT_DEFAULTS = {
+    # The demo's own routes.
+    "CONVERTER_RATE_LIMIT_TOKEN": "10/minute",  # POST /api/wattfare-token
+    "CONVERTER_RATE_LIMIT_CONVERT": "30/minute",  # POST /api/convert
+    "CONVERTER_RATE_LIMIT_PLAN": "60/minute",  # POST /api/convert/plan
+    # The engine's.
+    "WATTFARE_RATE_LIMIT_CONSENT": "30/minute",  # GET /wattfare/consent (visitor and app)
+    "WATTFARE_RATE_LIMIT_GRANTS": "10/minute",  # POST /api/v1/grants
+    "WATTFARE_APP_RATE_LIMIT_GRANTS": "600/minute",  # grants created, per app
+    "WATTFARE_APP_RATE_LIMIT_CHAT": "6000/minute",  # calls that reserved, per app
+}
 
 
 def rate_limit_settings(environ: Mapping[str, str]) -> dict[str, Any]:
@@ -78,9 +105,9 @@ def rate_limit_settings(environ: Mapping[str, str]) -> dict[str, Any]:
         "RATELIMIT_KEY_PREFIX": "wattfare",
         # A Redis outage must not take the API down with it: count nothing meanwhile.
         "RATELIMIT_SWALLOW_ERRORS": True,
-        "WATTFARE_RATE_LIMIT_GRANTS": environ.get("WATTFARE_RATE_LIMIT_GRANTS", "30/minute"),
-        "WATTFARE_RATE_LIMIT_CHAT": environ.get("WATTFARE_RATE_LIMIT_CHAT", "600/minute"),
-        "WATTFARE_RATE_LIMIT_CONSENT": environ.get("WATTFARE_RATE_LIMIT_CONSENT", "60/minute"),
+        # Flask-Limiter's X-RateLimit-* headers would tell a visitor the app-wide count.
+        "RATELIMIT_HEADERS_ENABLED": False,
+        **{name: environ.get(name) or default for name, default in RATE_LIMIT_DEFAULTS.items()},
     }
 
 
@@ -101,16 +128,27 @@ def load_settings(environ: Mapping[str, str], instance_path: str) -> dict[str, A
         "SQLALCHEMY_ENGINE_OPTIONS": engine_options(db_url, int(environ.get("DB_POOL_SIZE", "5"))),
         "WATTFARE_PUBLISHABLE_KEY": environ.get("WATTFARE_PUBLISHABLE_KEY") or None,
         "WATTFARE_SECRET_KEY": environ.get("WATTFARE_SECRET_KEY") or None,
+        # Normalised (and refused if they are not origins) in create_app.
         "WATTFARE_ALLOWED_ORIGINS": _list(environ.get("WATTFARE_ALLOWED_ORIGINS")),
         "WATTFARE_API_URL": (environ.get("WATTFARE_API_URL") or "").rstrip("/") or None,
         "WATTFARE_MODEL": environ.get("WATTFARE_MODEL", "local/markdown"),
-        # The name visitors see in the consent popup for the demo's own app.
-        "WATTFARE_APP_NAME": environ.get("WATTFARE_APP_NAME", "File converter demo"),
+        # The name visitors see in the consent popup for the demo's own app. Set, it is
+        # applied at every start; unset, DEFAULT_APP_NAME names the app when it is created.
+        "WATTFARE_APP_NAME": (environ.get("WATTFARE_APP_NAME") or "").strip() or None,
         "WATTFARE_UPSTREAM_URL": upstream_url.rstrip("/") if upstream_url else None,
         "WATTFARE_UPSTREAM_API_KEY": upstream_key or None,
         "WATTFARE_UPSTREAM_TIMEOUT": float(environ.get("WATTFARE_UPSTREAM_TIMEOUT", "60")),
         "WATTFARE_PRICES": json.loads(prices_raw) if prices_raw else {},
         "WATTFARE_MAX_USD": environ.get("WATTFARE_MAX_USD", "100"),
+        # The demo app's ceiling on what its calls cost over a rolling day: dollars, or
+        # "off". Unset: whatever the database holds (no ceiling for a new app). Checked
+        # and applied in create_app; other apps: `flask wattfare set-budget`.
+        "WATTFARE_DAILY_BUDGET_USD": (environ.get("WATTFARE_DAILY_BUDGET_USD") or "").strip()
+        or None,
+        # How many proxies in front of the app append to X-Forwarded-For (and set
+        # X-Forwarded-Proto/-Host): 0 trusts none of these headers (a client could forge
+        # them), 1 is Heroku's router or Dokku's nginx (the Procfile's default).
+        "WATTFARE_PROXY_HOPS": _int(environ, "WATTFARE_PROXY_HOPS", 0),
         "WATTFARE_GRANT_TTL": int(environ.get("WATTFARE_GRANT_TTL", "600")),
         "WATTFARE_HOLD_TTL": int(environ.get("WATTFARE_HOLD_TTL", "900")),
         "WATTFARE_AUTO_APPROVE": _bool(environ.get("WATTFARE_AUTO_APPROVE")),

@@ -4,7 +4,8 @@ without the demo's converter page.
 `create_opener(...)` is a tiny Flask app (it knows nothing of the engine but its URL and
 an app's keys, as a customer's app would): a page with a "Request a grant" button that
 loads /static/wattfare.js (or wattfare.mjs) from its own origin, and a session endpoint
-that mints tokens for its own origin with `tests.helpers.mint_session`. It sends
+that mints tokens for its own origin with `tests.helpers.mint_session`, bound to the
+question wattfare.js sends it (`{requests, maxUsd}`), as an app's server does. It sends
 `Cross-Origin-Opener-Policy: same-origin-allow-popups`, as the demo's pages do.
 
 The page is driven by its query string (see `OpenerPage.open`) and lists every outcome of
@@ -63,8 +64,20 @@ PAGE = """<!doctype html>
         li.textContent = JSON.stringify(outcome);
         document.getElementById("outcomes").append(li);
       };
+      // session=function: an async function instead of a URL. It sets
+      // window.sessionDelivered once wattfare.js has the token and has handed it over
+      // (a task after the one that returned it: the hand-over runs in between).
       const session = params.get("session") === "function"
-        ? async () => (await (await fetch(config.sessionUrl, { method: "POST" })).json()).token
+        ? async (question) => {
+            const response = await fetch(config.sessionUrl + (params.get("sessionQuery") || ""), {
+              method: "POST",
+              headers: { "Content-Type": "application/json" },
+              body: JSON.stringify(question),
+            });
+            const token = (await response.json()).token;
+            setTimeout(() => { window.sessionDelivered = true; }, 0);
+            return token;
+          }
         : params.get("session") || config.sessionUrl;
       const wf = createWattfare({
         publishableKey: config.publishableKey,
@@ -137,6 +150,40 @@ SPOOF = """<!doctype html>
 """
 
 
+# Holds back the session endpoint's answer (`session?gate=1`) while a test stages
+# something in the browser: cleared by the test, set again to let the answer go.
+SESSION_GATE = threading.Event()
+SESSION_GATE.set()
+
+# A hostile page for the forged-message tests: see opener_blueprint's /forge.
+FORGE = """<!doctype html>
+<html lang="en">
+<head><meta charset="utf-8"><title>Forger</title></head>
+<body>
+  <p>Forger</p>
+  <script type="application/json" id="config">{{ config|tojson }}</script>
+  <script>
+    const config = JSON.parse(document.getElementById("config").textContent);
+    const message = config.message ? JSON.parse(config.message) : null;
+    window.got = [];
+    window.posted = 0;
+    window.addEventListener("message", (e) => window.got.push({ origin: e.origin, data: e.data }));
+    const targets = { parent: () => window.parent, handed: () => window.target };
+    const target = targets[config.to] || (() => window.opener);
+    if (message) {
+      setInterval(() => {
+        const to = target();
+        if (!to) return;
+        to.postMessage(message, "*");
+        window.posted += 1;
+      }, 50);
+    }
+  </script>
+</body>
+</html>
+"""
+
+
 def opener_blueprint(keys: dict[str, tuple[str, str]], engine_url: str | None) -> Blueprint:
     """keys: profile name → (publishable key, secret key); engine_url None = this origin."""
     bp = Blueprint("opener", __name__)
@@ -152,7 +199,9 @@ def opener_blueprint(keys: dict[str, tuple[str, str]], engine_url: str | None) -
 
     @bp.after_request
     def coop(response):
-        response.headers["Cross-Origin-Opener-Policy"] = "same-origin-allow-popups"
+        # Not on the forger: a COOP there would cut it off from the windows it attacks.
+        if request.endpoint != f"{bp.name}.forge":
+            response.headers["Cross-Origin-Opener-Policy"] = "same-origin-allow-popups"
         response.headers["Cache-Control"] = "no-store"
         return response
 
@@ -168,12 +217,38 @@ def opener_blueprint(keys: dict[str, tuple[str, str]], engine_url: str | None) -
 
     @bp.post("/session")
     def session():
+        """The question as the page sends it, allowed as it is (`allow` in the query string
+        overrides the requests allowed, to test a page asking for more than its server
+        allows); with `gate`, the answer waits until a test opens SESSION_GATE."""
         _, secret_key = profile()
-        return jsonify(token=mint_session(secret_key, origin=own_origin()), expiresAt=0)
+        question = request.get_json(silent=True) or {}
+        if request.args.get("gate"):
+            SESSION_GATE.wait(10)
+        token = mint_session(
+            secret_key,
+            origin=own_origin(),
+            requests=int(request.args.get("allow") or question.get("requests") or 1),
+            maxUsd=question.get("maxUsd"),
+        )
+        return jsonify(token=token, expiresAt=0)
 
     @bp.post("/session/fail")
     def session_fail():
         return jsonify(error="the app's token endpoint is down"), 500
+
+    @bp.post("/session/refuse")
+    def session_refuse():
+        """What an app's server says to a question it does not allow."""
+        message = "This converter approves at most 5 conversions at once."
+        return jsonify(error="invalid_request", message=message, param="requests"), 400
+
+    @bp.get("/forge")
+    def forge() -> str:
+        """A hostile page: it posts `message` (JSON in the query string) to its opener,
+        its parent, or the window handed to it (`window.target`), every 50 ms, with target
+        origin "*"; and records every message it receives in `window.got`."""
+        config = {"to": request.args.get("to", "opener"), "message": request.args.get("message")}
+        return render_template_string(FORGE, config=config)
 
     @bp.get("/spoof")
     def spoof() -> str:

@@ -4,20 +4,31 @@ The engine runs on http://127.0.0.1:B (the `live_server` fixture); a stand-in cu
 page (tests/e2e/opener.py) runs on http://localhost:A, which the demo app allows, so
 the flow crosses origins as it does with a hosted engine. The same server reached as
 http://127.0.0.1:A is an origin the app has NOT allowed.
+
+The last part forges messages at both windows, one test per check of the protocol, so
+that removing any one of those checks fails a test.
 """
 
 from __future__ import annotations
 
+import json
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
 from flask import Flask
 from playwright.sync_api import Browser, Page, expect
 
 from tests.conftest import LiveServer
-from tests.e2e.opener import OpenerPage, create_opener, opener_blueprint, serve
+from tests.e2e.opener import (
+    SESSION_GATE,
+    OpenerPage,
+    create_opener,
+    opener_blueprint,
+    serve,
+)
 from tests.e2e.pages import ConsentPopup
 from wattfare_demo.engine.apps import add_origin, app_for_secret_key, create_app_record
 from wattfare_demo.extensions import db
@@ -310,3 +321,214 @@ def test_the_popup_opened_without_an_opener_cannot_answer(page: Page, opener: Op
     page.goto(url)  # the same consent URL, typed into a tab: no window.opener
     popup = ConsentPopup(page)
     popup.expect_error("lost the page that opened it")
+
+
+# --- the session's question, seen from the popup -------------------------------------------
+
+
+def test_a_session_allowing_less_than_the_page_asks_is_refused_before_approve(
+    page: Page, opener: Opener
+):
+    """The app's server allowed 1 request; the page asks for 3. The popup says so at once
+    (the engine would refuse the grant: 403 exceeds_session)."""
+    app_page = OpenerPage(page).open(opener.url, requests=3, session="session?keys=demo&allow=1")
+    popup = ConsentPopup.opened_by(page, app_page.button.click)
+    popup.expect_error("The app allows at most 1 request(s) here, but this page asks for 3")
+    outcome = app_page.outcome()
+    assert (outcome["code"], outcome["reason"]) == ("grant_failed", "exceeds_session")
+
+
+def test_the_apps_refusal_of_the_question_reaches_the_page(page: Page, opener: Opener):
+    app_page = OpenerPage(page).open(opener.url, requests=9, session="session/refuse")
+    popup = ConsentPopup.opened_by(page, app_page.button.click)
+    popup.wait_closed()
+    outcome = app_page.outcome()
+    assert outcome["code"] == "session_failed"
+    assert "HTTP 400: This converter approves at most 5 conversions at once." in outcome["message"]
+
+
+# --- forged messages: every check of the protocol has a test that fails without it ---------
+#
+# Each test below passes only because of one check in static/wattfare.js or
+# static/consent.js (named in its docstring); with that check removed, it fails. The
+# attacker is given the nonce (read from the popup's URL) so that the check under test is
+# the only one standing.
+
+FORGED_GRANT = "wfg_" + "F" * 36
+
+
+def forged_grant(nonce: str) -> str:
+    grant = {"grantToken": FORGED_GRANT, "expiresAt": 4102444800, "requests": 1}
+    return json.dumps({"type": "wattfare:grant", "nonce": nonce, "grant": grant})
+
+
+def nonce_of(popup_page: Page) -> str:
+    return parse_qs(urlsplit(popup_page.url).query)["nonce"][0]
+
+
+def wait_for_forged_grants(page: Page, count: int) -> None:
+    """Until the opener page itself has received `count` forged grants (it records every
+    message): wattfare.js has had them all to look at."""
+    page.wait_for_function(
+        """([token, count]) => window.receivedMessages.filter(
+            (m) => m.data && m.data.grant && m.data.grant.grantToken === token
+        ).length >= count""",
+        arg=[FORGED_GRANT, count],
+    )
+
+
+@pytest.fixture
+def gate() -> Iterator[threading.Event]:
+    """The opener's session endpoint (`session?gate=1`) answers once this is set."""
+    SESSION_GATE.clear()
+    yield SESSION_GATE
+    SESSION_GATE.set()
+
+
+@pytest.fixture
+def engine_forger(app: Flask) -> str:
+    """A hostile page on the engine's own origin (as another window there could be)."""
+    app.register_blueprint(opener_blueprint({}, None), url_prefix="/_test/evil")
+    return "/_test/evil/forge"
+
+
+def test_the_opener_ignores_a_grant_from_another_window_on_the_engines_origin(
+    page: Page, engine_forger: str, opener: Opener
+):
+    """wattfare.js: `event.source !== popup`."""
+    app_page = OpenerPage(page).open(opener.url)
+    popup = ConsentPopup.opened_by(page, app_page.button.click)
+    popup.expect_asking()
+    query = urlencode({"to": "parent", "message": forged_grant(nonce_of(popup.page))})
+    page.evaluate(
+        "url => { const frame = document.createElement('iframe'); frame.src = url; "
+        "document.body.append(frame); }",
+        f"{opener.engine_url}{engine_forger}?{query}",
+    )
+    wait_for_forged_grants(page, 5)
+    app_page.expect_no_outcome()
+    popup.approve()
+    outcome = app_page.outcome()
+    assert outcome["kind"] == "grant" and outcome["grant"]["grantToken"] != FORGED_GRANT
+
+
+def test_the_opener_ignores_its_popup_once_it_is_on_another_origin(page: Page, opener: Opener):
+    """wattfare.js: `event.origin !== engineOrigin`. The popup window is the right one,
+    but it was sent to another site (here: its first page redirects there)."""
+    app_page = OpenerPage(page).open(opener.url)
+
+    def to_the_attacker(route) -> None:
+        nonce = parse_qs(urlsplit(route.request.url).query)["nonce"][0]
+        query = urlencode({"message": forged_grant(nonce)})
+        route.fulfill(status=302, headers={"Location": f"{opener.disallowed_url}/forge?{query}"})
+
+    page.context.route(f"{opener.engine_url}/wattfare/consent*", to_the_attacker)
+    with page.expect_popup() as opened:
+        app_page.button.click()
+    wait_for_forged_grants(page, 5)
+    app_page.expect_no_outcome()
+    opened.value.close()
+    assert app_page.outcome()["code"] == "popup_unreachable"  # never a grant
+
+
+def test_the_opener_ignores_its_popups_message_about_another_question(page: Page, opener: Opener):
+    """wattfare.js: `message.nonce !== nonce` (a reused popup's late answer, say)."""
+    app_page = OpenerPage(page).open(opener.url)
+    popup = ConsentPopup.opened_by(page, app_page.button.click)
+    popup.expect_asking()
+    expect(popup.approve_button).to_be_enabled()  # the real exchange is done
+    for _ in range(3):
+        popup.page.evaluate(
+            "([message, origin]) => window.opener.postMessage(JSON.parse(message), origin)",
+            [forged_grant("0" * 32), opener.url],
+        )
+    wait_for_forged_grants(page, 3)
+    app_page.expect_no_outcome()
+    popup.approve()
+    assert app_page.outcome()["grant"]["grantToken"] != FORGED_GRANT
+
+
+def test_the_session_token_never_reaches_a_page_the_popup_was_sent_to(
+    page: Page, opener: Opener, gate: threading.Event
+):
+    """wattfare.js: the session token is posted to the engine's origin, never "*". The
+    popup said hello, then (before the app's server answered) it was navigated to another
+    site, and its goodbye was lost."""
+    # Lose the goodbye (as when the browser tears a page down before it can speak): the
+    # consent page's beforeunload and pagehide listeners never get registered, so that
+    # wattfare.js still takes the window for its consent page once it has moved on.
+    page.context.add_init_script(
+        """if (location.pathname === "/wattfare/consent") {
+            const add = EventTarget.prototype.addEventListener;
+            EventTarget.prototype.addEventListener = function (type, ...rest) {
+                if (this === window && (type === "beforeunload" || type === "pagehide")) return;
+                return add.call(this, type, ...rest);
+            };
+        }"""
+    )
+    app_page = OpenerPage(page).open(opener.url, session="function", sessionQuery="&gate=1")
+    popup = ConsentPopup.opened_by(page, app_page.button.click)
+    popup.expect_asking()
+    page.wait_for_function(
+        "window.receivedMessages.some((m) => m.data && m.data.type === 'wattfare:ready')"
+    )
+    popup.page.goto(f"{opener.disallowed_url}/forge")
+    gate.set()  # now the app's server answers, and wattfare.js hands the token over
+    page.wait_for_function("window.sessionDelivered === true")
+    # A marker from the same window after it: anything posted before it has arrived first.
+    page.evaluate("() => window.open('', 'wattfare_consent').postMessage({ type: 'marker' }, '*')")
+    popup.page.wait_for_function("window.got.some((m) => m.data && m.data.type === 'marker')")
+    received = popup.page.evaluate("window.got")
+    assert [m["data"] for m in received] == [{"type": "marker"}], received
+    # It was still waiting for its consent page: the token was handed over, to nobody.
+    assert [m["data"]["type"] for m in app_page.received_messages()] == ["wattfare:ready"]
+    popup.page.close()
+    assert app_page.outcome() == {"kind": "null"}
+
+
+def test_the_popup_ignores_a_session_from_another_window_of_the_openers_origin(
+    page: Page, opener: Opener, gate: threading.Event
+):
+    """consent.js: `event.source !== opener`. A frame on the app's own origin (the right
+    origin, the right nonce) offers the popup a session token before the app does."""
+    app_page = OpenerPage(page).open(opener.url, session="function", sessionQuery="&gate=1")
+    popup = ConsentPopup.opened_by(page, app_page.button.click)
+    popup.expect_asking()
+    forged = {"type": "wattfare:session", "nonce": nonce_of(popup.page), "token": "a.forged.jwt"}
+    page.evaluate(
+        """url => new Promise((resolve) => {
+            const frame = document.createElement("iframe");
+            frame.onload = () => {
+                frame.contentWindow.target = window.open("", "wattfare_consent");
+                resolve();
+            };
+            frame.src = url;
+            document.body.append(frame);
+        })""",
+        f"{opener.url}/forge?" + urlencode({"to": "handed", "message": json.dumps(forged)}),
+    )
+    page.wait_for_function("document.querySelector('iframe').contentWindow.posted >= 10")
+    expect(popup.problem).to_be_hidden()
+    expect(popup.approve_button).to_be_disabled()  # still waiting for the app's token
+    gate.set()
+    popup.approve()
+    assert app_page.outcome()["kind"] == "grant"
+
+
+def test_the_popup_ignores_a_session_for_another_question(
+    page: Page, opener: Opener, gate: threading.Event
+):
+    """consent.js: `message.nonce !== nonce`. The opener itself, about another question."""
+    app_page = OpenerPage(page).open(opener.url, session="function", sessionQuery="&gate=1")
+    popup = ConsentPopup.opened_by(page, app_page.button.click)
+    popup.expect_asking()
+    forged = {"type": "wattfare:session", "nonce": "f" * 32, "token": "a.forged.jwt"}
+    for _ in range(3):
+        page.evaluate(
+            "([message, origin]) => "
+            "window.open('', 'wattfare_consent').postMessage(message, origin)",
+            [forged, opener.engine_url],
+        )
+    gate.set()  # the real token comes after the forged ones, from the same window
+    popup.approve()
+    assert app_page.outcome()["kind"] == "grant"

@@ -134,10 +134,14 @@ def index() -> str:
 
 @bp.post("/api/wattfare-token")
 def wattfare_token() -> tuple[Response, int] | Response:
-    """The seed's `session: "/api/wattfare-token"`: a session token for this page's origin.
+    """The seed's `session: "/api/wattfare-token"`: a session token for this page's origin,
+    bound to what the page will ask for.
 
     Only a page on this very origin may ask (the token lets the popup create grants in this
     app's name), so a missing or foreign Origin header is refused: that is the CSRF check.
+    The body is wattfare.js's requestGrant() options, `{"requests": n, "maxUsd": x|null}`;
+    this server allows at most CONVERTER_MAX_REQUESTS requests and a cap of at most
+    WATTFARE_MAX_USD, on WATTFARE_MODEL only, and the engine holds the grant to that.
     """
     origin = request.headers.get("Origin")
     if not origin or origin == "null" or origin != _own_origin():
@@ -148,7 +152,15 @@ def wattfare_token() -> tuple[Response, int] | Response:
             f"from {_own_origin()} (its Origin header).",
         )
     try:
-        session = service.mint_session(origin)
+        ask = service.session_question(
+            request.get_data(cache=True),
+            max_requests=current_app.config["CONVERTER_MAX_REQUESTS"],
+            max_usd=Decimal(current_app.config["WATTFARE_MAX_USD"]),
+        )
+    except service.QuestionError as error:
+        return _json_error(error.status, error.code, error.message, param=error.param)
+    try:
+        session = service.mint_session(origin, ask)
     except ValueError:  # an Origin (and Host) no browser sends, e.g. with a path in it
         return _json_error(400, "invalid_origin", "The Origin header is not a web origin.")
     response = jsonify(token=session.token, expiresAt=session.expires_at)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import logging
 import re
 from collections.abc import Iterator
@@ -41,6 +42,8 @@ __all__ = [
     "PartFinished",
     "PartStarted",
     "Plan",
+    "QuestionError",
+    "SessionQuestion",
     "SessionToken",
     "Upload",
     "check_grant",
@@ -186,9 +189,66 @@ def wattfare() -> Wattfare:
     return client
 
 
-def mint_session(origin: str) -> SessionToken:
-    """A session token for the consent popup, bound to the page's origin."""
-    session = wattfare().create_session(origin=origin)
+class QuestionError(ConverterError):
+    """A session request the server does not allow; `param` names the field."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(400, "invalid_request", message)
+        self.param = param
+
+
+@dataclass(frozen=True)
+class SessionQuestion:
+    """What the page will ask the visitor to approve, as this server allows it."""
+
+    requests: int
+    max_usd: Decimal | None
+
+
+_MAX_QUESTION_BYTES = 1024  # {"requests": 5, "maxUsd": 0.5} is 30 bytes
+
+
+def session_question(body: bytes, *, max_requests: int, max_usd: Decimal) -> SessionQuestion:
+    """Read `{"requests": n, "maxUsd": x | null}`, within what this app allows."""
+    if len(body) > _MAX_QUESTION_BYTES:
+        raise QuestionError("body", "The body is too large for {requests, maxUsd}.")
+    try:
+        data = json.loads(body or b"null", parse_float=Decimal)
+    except (ValueError, RecursionError):
+        data = None
+    if not isinstance(data, dict):
+        raise QuestionError(
+            "body", 'Send JSON: {"requests": <how many AI requests>, "maxUsd": <dollars> | null}.'
+        )
+    requests = data.get("requests")
+    if isinstance(requests, bool) or not isinstance(requests, int) or requests < 1:
+        raise QuestionError(
+            "requests", f"requests must be a whole number from 1 to {max_requests}."
+        )
+    if requests > max_requests:
+        raise QuestionError(
+            "requests", f"This converter approves at most {max_requests} AI requests at once."
+        )
+    cap = data.get("maxUsd")
+    if cap is None:
+        return SessionQuestion(requests, None)
+    if isinstance(cap, bool) or not isinstance(cap, int | Decimal):
+        raise QuestionError("maxUsd", "maxUsd must be a number of dollars, or null.")
+    amount = Decimal(cap)
+    if not amount.is_finite() or not 0 < amount <= max_usd:
+        raise QuestionError("maxUsd", f"maxUsd must be more than $0 and at most ${max_usd}.")
+    return SessionQuestion(requests, amount)
+
+
+def mint_session(origin: str, ask: SessionQuestion) -> SessionToken:
+    """A session token for the consent popup, bound to the page's origin and question,
+    and to the model the converter uses."""
+    session = wattfare().create_session(
+        origin=origin,
+        requests=ask.requests,
+        max_usd=ask.max_usd,
+        model=current_app.config["WATTFARE_MODEL"],
+    )
     return SessionToken(token=session.token, expires_at=session.expires_at)
 
 

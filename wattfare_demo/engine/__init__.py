@@ -7,22 +7,26 @@ registry and registers the `flask wattfare` commands. Nothing here imports the d
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 from flask import Flask, Response, request
 from sqlalchemy import inspect
 from werkzeug.exceptions import HTTPException
 
+from ..config import DEFAULT_APP_NAME
 from ..extensions import db
 from . import api, consent, openapi
-from .apps import KeyConfigError, ensure_app
+from .apps import KEEP, KeyConfigError, ensure_app, parse_daily_budget
 from .errors import http_error_response
 from .providers import ProviderRegistry
-from .ratelimit import init_rate_limits
+from .ratelimit import RouteLimit, init_rate_limits
 
 log = logging.getLogger(__name__)
 
 
-def init_engine(app: Flask) -> None:
+def init_engine(app: Flask, extra_limits: Sequence[RouteLimit] = ()) -> None:
+    """Mount the engine. `extra_limits`: rate limits for the host app's own routes (by
+    endpoint name), counted by the same limiter; the app factory passes the demo's."""
     from . import cli
 
     app.extensions["wattfare_providers"] = ProviderRegistry(app.config)
@@ -35,8 +39,9 @@ def init_engine(app: Flask) -> None:
     for code in (404, 405, 413):
         app.register_error_handler(code, _json_under_api)
     cli.register(app)
-    # Last: it wraps the views registered above (grants, chat, the consent page).
-    init_rate_limits(app)
+    # Last: it wraps the views registered above (grants, chat, the consent page), and
+    # those of the host app registered before init_engine.
+    init_rate_limits(app, extra_limits)
 
 
 def _limit_api_body() -> None:
@@ -52,28 +57,36 @@ def _json_under_api(exc: HTTPException) -> Response | HTTPException:
     return exc
 
 
-def ensure_configured_app(app: Flask) -> None:
-    """Create or check the app named by WATTFARE_PUBLISHABLE_KEY / WATTFARE_SECRET_KEY.
+def ensure_configured_app(app: Flask, *, quiet_without_tables: bool = False) -> None:
+    """Create or check the app named by WATTFARE_PUBLISHABLE_KEY / WATTFARE_SECRET_KEY,
+    with WATTFARE_ALLOWED_ORIGINS added, and WATTFARE_APP_NAME and
+    WATTFARE_DAILY_BUDGET_USD applied when they are set.
 
-    Skipped (with a hint) while the database has no tables yet, so that
-    `flask db upgrade` itself can start.
+    Skipped while the database has no tables yet, so that `flask db upgrade` itself can
+    start; with a hint, unless `quiet_without_tables` (a `flask` command is loading the
+    app: `flask db upgrade` must not tell its own log to run `flask db upgrade`).
     """
     pk = app.config.get("WATTFARE_PUBLISHABLE_KEY")
     sk = app.config.get("WATTFARE_SECRET_KEY")
     if not (pk and sk):
         return
+    budget = app.config.get("WATTFARE_DAILY_BUDGET_USD")
+    name = app.config.get("WATTFARE_APP_NAME")
     with app.app_context():
         if not inspect(db.engine).has_table("apps"):
-            log.warning("The database has no tables yet: run `flask db upgrade`.")
+            if not quiet_without_tables:
+                log.warning("The database has no tables yet: run `flask db upgrade`.")
             return
         try:
             ensure_app(
                 pk,
                 sk,
-                name=app.config["WATTFARE_APP_NAME"],
+                name=name or DEFAULT_APP_NAME,
+                rename=name is not None,
                 origins=app.config["WATTFARE_ALLOWED_ORIGINS"],
                 flask_secret=app.config["SECRET_KEY"],
                 auto_approve=app.config["WATTFARE_AUTO_APPROVE"],
+                daily_budget_pusd=KEEP if budget is None else parse_daily_budget(str(budget)),
             )
         finally:
             db.session.remove()

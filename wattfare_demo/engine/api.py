@@ -19,13 +19,13 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from ..request_log import note
 from . import grants, idempotency
-from .apps import app_for_secret_key
+from .apps import app_for_secret_key, origin_allowed
 from .errors import ApiError, error_response, grant_invalid, http_error_response, invalid_request
 from .models import App
 from .pricing import pusd_to_usd, usd_str
 from .providers import DEFAULT_MAX_TOKENS, ModelRoute, ProviderRegistry
 from .providers.base import ChatRequest, Completion, Delta, ProviderError
-from .sessions import verify_session
+from .sessions import check_within_session, verify_session
 from .validation import ChatCall, json_body, parse_chat_request, parse_grant_request
 
 log = logging.getLogger(__name__)
@@ -120,7 +120,7 @@ def _outcome(value: str) -> None:
 def create_grant() -> tuple[Response, int]:
     session = verify_session(_bearer(), current_app.config["SECRET_KEY"])
     note(app=session.app.id)
-    if session.origin not in session.app.origin_list:
+    if not origin_allowed(session.app, session.origin):
         raise ApiError(
             403,
             "origin_not_allowed",
@@ -129,6 +129,11 @@ def create_grant() -> tuple[Response, int]:
             type="permission_error",
         )
     ask = parse_grant_request(json_body(), Decimal(current_app.config["WATTFARE_MAX_USD"]))
+    # The session is the app server's answer to what this page may ask for: no more
+    # requests, no higher cap, only its model, and one grant (create_grant records it).
+    check_within_session(session, requests=ask.requests, max_pusd=ask.max_pusd)
+    if session.model is not None:
+        _check_session_model(session.model)
     new = grants.create_grant(
         session.app,
         origin=session.origin,
@@ -136,9 +141,26 @@ def create_grant() -> tuple[Response, int]:
         requests=ask.requests,
         max_pusd=ask.max_pusd,
         ttl=current_app.config["WATTFARE_GRANT_TTL"],
+        model=session.model,
+        session=(session.jti, session.expires_at),
     )
     _outcome("grant_created")
-    return jsonify(grantToken=new.token, expiresAt=new.expires_at, requests=new.requests), 200
+    response = jsonify(grantToken=new.token, expiresAt=new.expires_at, requests=new.requests)
+    response.headers["Cache-Control"] = "no-store"  # it carries a token
+    return response, 200
+
+
+def _check_session_model(model: str) -> None:
+    """A grant for a model this engine cannot meter could never be spent: refuse it now."""
+    try:
+        registry().route(model)
+    except ApiError as exc:
+        raise ApiError(
+            400,
+            exc.code,
+            f"The session names a model this engine cannot serve. {exc.message}",
+            param="model",
+        ) from None
 
 
 @bp.get("/grant")

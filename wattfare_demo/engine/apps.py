@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from decimal import Decimal
 
 from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError
 
 from ..extensions import db
+from ..origins import normalise_origin
 from .models import App, AppOrigin
+from .pricing import pusd_to_usd, usd_to_pusd
 from .tokens import (
     new_app_id,
     new_secret_key,
@@ -26,27 +28,66 @@ class KeyConfigError(Exception):
     """The configured keys cannot be used; the message says what to fix."""
 
 
+# A day's ceiling above a million dollars is no ceiling; it also keeps every sum of the
+# budget's hourly rows far inside a 64-bit integer.
+MAX_DAILY_BUDGET_USD = Decimal(1_000_000)
+NO_BUDGET = ("off", "none")
+
+
+def parse_daily_budget(text: str) -> int | None:
+    """A daily budget in dollars ("5", "12.50", "0") as pico-dollars; "off": None.
+
+    ValueError with a message a person can act on for anything else.
+    """
+    value = text.strip().lower()
+    if value in NO_BUDGET:
+        return None
+    try:
+        amount = Decimal(value.removeprefix("$"))
+    except ArithmeticError:
+        amount = None
+    if amount is None or not amount.is_finite() or not 0 <= amount <= MAX_DAILY_BUDGET_USD:
+        raise ValueError(
+            f"{text!r} is not a daily budget: give dollars from 0 to "
+            f"{MAX_DAILY_BUDGET_USD:,} (e.g. 5 or 12.50), or off for no ceiling."
+        )
+    return usd_to_pusd(amount)
+
+
+def budget_text(pusd: int | None) -> str:
+    return "no daily budget" if pusd is None else f"${format(pusd_to_usd(pusd), ',f')} a day"
+
+
+def set_daily_budget(app: App, pusd: int | None) -> None:
+    """Set (or with None remove) the app's daily budget; it applies from the next call.
+
+    Only spending reserved while a budget is set is counted: turning one on starts the
+    day's count at what was reserved since.
+    """
+    app.daily_budget_pusd = pusd
+    db.session.commit()
+
+
+class KeepSetting:
+    """The type of KEEP: "leave this setting of the app as it is stored"."""
+
+
+KEEP = KeepSetting()
+
+
 @dataclass(frozen=True)
 class CreatedApp:
     app: App
     secret_key: str  # shown once
 
 
-def normalise_origin(value: str) -> str | None:
-    """`scheme://host[:port]` with no path, lower-cased, or None if it isn't one."""
-    try:
-        parts = urlsplit(value.strip())
-        port = parts.port
-    except ValueError:
-        return None
-    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
-        return None
-    if parts.query or parts.fragment or parts.username:
-        return None
-    host = parts.hostname.lower()
-    host = f"[{host}]" if ":" in host else host
-    default = {"http": 80, "https": 443}[parts.scheme]
-    return f"{parts.scheme}://{host}" + (f":{port}" if port and port != default else "")
+def origin_allowed(app: App, origin: str) -> bool:
+    """Whether `origin` (normalised) is one of the app's allowed origins.
+
+    The stored origins are compared in their normal form too: rows written before the
+    normaliser was shared (or by hand) may be spelled another way.
+    """
+    return origin in {normalise_origin(o) for o in app.origin_list}
 
 
 def create_app_record(
@@ -57,6 +98,7 @@ def create_app_record(
     *,
     secret_key: str | None = None,
     auto_approve: bool = False,
+    daily_budget_pusd: int | None = None,
 ) -> CreatedApp:
     """Create an app; with `secret_key`, adopt that key (and the app id it names)."""
     if secret_key is None:
@@ -71,6 +113,7 @@ def create_app_record(
         secret_hash=sha256_hex(secret_key),
         session_key_box=seal(session_signing_key(secret_key), flask_secret),
         auto_approve=auto_approve and mode == "test",
+        daily_budget_pusd=daily_budget_pusd,
         origins=[AppOrigin(origin=o) for o in dict.fromkeys(origins)],
     )
     db.session.add(app)
@@ -98,7 +141,7 @@ def app_for_publishable_key(publishable_key: str) -> App | None:
 
 
 def add_origin(app: App, origin: str) -> bool:
-    if origin in app.origin_list:
+    if origin_allowed(app, origin):
         return False
     app.origins.append(AppOrigin(origin=origin))
     db.session.commit()
@@ -122,9 +165,13 @@ def ensure_app(
     origins: list[str],
     flask_secret: str,
     auto_approve: bool,
+    daily_budget_pusd: int | KeepSetting | None = KEEP,
+    rename: bool = False,
 ) -> App:
     """Make sure the app these keys name exists, with exactly these keys.
 
+    `daily_budget_pusd`, unless KEEP, is set on it (None: no budget); with `rename` its
+    name becomes `name` (else `name` is only used to create it).
     Safe to run from several workers at once: a lost insert race re-reads the winner.
     """
     pk = parse_publishable_key(publishable_key)
@@ -154,6 +201,7 @@ def ensure_app(
                 flask_secret,
                 secret_key=secret_key,
                 auto_approve=auto_approve,
+                daily_budget_pusd=None if daily_budget_pusd is KEEP else daily_budget_pusd,
             ).app
         except IntegrityError:
             db.session.rollback()
@@ -174,9 +222,15 @@ def ensure_app(
         app.session_key_box = seal(box, flask_secret)
         changed = True
     for origin in origins:
-        if origin not in app.origin_list:
+        if not origin_allowed(app, origin):
             app.origins.append(AppOrigin(origin=origin))
             changed = True
+    if rename and app.name != name:
+        app.name = name
+        changed = True
+    if daily_budget_pusd is not KEEP and app.daily_budget_pusd != daily_budget_pusd:
+        app.daily_budget_pusd = daily_budget_pusd
+        changed = True
     if app.auto_approve != (auto_approve and app.mode == "test"):
         app.auto_approve = auto_approve and app.mode == "test"
         changed = True

@@ -1,4 +1,4 @@
-"""`flask wattfare …`: manage apps and their origins from the command line."""
+"""`flask wattfare …`: manage apps, their origins and budgets from the command line."""
 
 from __future__ import annotations
 
@@ -8,8 +8,16 @@ from flask.cli import AppGroup
 from sqlalchemy import select
 
 from ..extensions import db
+from ..origins import normalise_origin
 from . import grants, idempotency
-from .apps import add_origin, create_app_record, normalise_origin, remove_origin
+from .apps import (
+    add_origin,
+    budget_text,
+    create_app_record,
+    parse_daily_budget,
+    remove_origin,
+    set_daily_budget,
+)
 from .models import App
 
 # An AppGroup runs each command inside the app context: under `flask`, and under
@@ -63,7 +71,10 @@ def list_apps_command() -> None:
         click.echo("No apps yet: `flask wattfare create-app --name …`.")
     for app in apps:
         auto = ", auto-approve" if app.auto_approve else ""
-        click.echo(f"{app.id}  {app.name!r}  {app.publishable_key}{auto}")
+        click.echo(
+            f"{app.id}  {app.name!r}  {app.publishable_key}{auto}, "
+            f"{budget_text(app.daily_budget_pusd)}"
+        )
         for origin in app.origin_list:
             click.echo(f"    {origin}")
 
@@ -88,12 +99,40 @@ def remove_origin_command(app_id: str, origin: str) -> None:
     click.echo(f"Removed {origin}." if removed else f"{origin} was not allowed.")
 
 
+@group.command("set-budget")
+@click.argument("app_id")
+@click.argument("usd")
+def set_budget_command(app_id: str, usd: str) -> None:
+    """Set the most APP_ID's calls may cost over a rolling day: USD dollars, or off.
+
+    Calls past it get 402 grant_invalid (reason app_budget) until the day's spending ages
+    out. The demo app's own budget comes from WATTFARE_DAILY_BUDGET_USD when that is set,
+    at every start.
+    """
+    try:
+        pusd = parse_daily_budget(usd)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="USD") from None
+    app = _app(app_id)
+    set_daily_budget(app, pusd)
+    spent, held = grants.budget_window_spend(app.id)
+    click.echo(f"{app.id} {app.name!r}: {budget_text(pusd)}.")
+    if pusd is not None:
+        click.echo(
+            f"Spent in the last 24 hours: {budget_text(spent).removesuffix(' a day')}"
+            f" (and {budget_text(held).removesuffix(' a day')} held by calls in flight)."
+        )
+
+
 @group.command("sweep")
 def sweep_command() -> None:
-    """Release expired holds of calls that never finished (e.g. after a crash), and
-    forget Idempotency-Keys (and their stored answers) older than 24 hours."""
+    """Release expired holds of calls that never finished (e.g. after a crash), forget
+    Idempotency-Keys (and their stored answers) older than 24 hours, forget the ids of
+    expired session tokens, and drop budget rows older than the budget's window."""
     click.echo(f"Released {grants.release_stale()} stale hold(s).")
     click.echo(f"Forgot {idempotency.forget_expired_keys()} idempotency key(s) older than 24 h.")
+    click.echo(f"Forgot {grants.forget_used_sessions()} used session id(s) past their expiry.")
+    click.echo(f"Dropped {grants.forget_old_spending()} hourly budget row(s) older than a day.")
 
 
 def register(app: Flask) -> None:

@@ -21,7 +21,8 @@ from decimal import Decimal, InvalidOperation
 
 from flask import Blueprint, Response, current_app, render_template, request
 
-from .apps import app_for_publishable_key, normalise_origin
+from ..origins import normalise_origin
+from .apps import app_for_publishable_key, origin_allowed
 from .errors import ApiError, invalid_request
 from .validation import MAX_GRANT_REQUESTS, parse_grant_request
 
@@ -114,7 +115,7 @@ def read_question(args: dict[str, str], origin: str) -> Question:
             "This page was opened with a publishable key that no Wattfare app has. "
             "The site that sent you here needs to check its configuration.",
         )
-    if origin not in app.origin_list:
+    if not origin_allowed(app, origin):
         raise ConsentError(
             403,
             "origin_not_allowed",

@@ -18,6 +18,10 @@ GRANT_MESSAGES = {
     "exhausted": "The grant's requests are used up. Ask the user to approve a new grant.",
     "over_cap": "The grant's dollar cap is reached. Ask the user to approve a new grant.",
     "revoked": "The grant was revoked by the user.",
+    "model_not_granted": "The grant was approved for another model. Call the model it was "
+    "approved for, or ask the user to approve a grant for this one.",
+    "app_budget": "This app has spent its daily budget: calls resume as the day's spending "
+    "ages out. Nothing was charged.",
 }
 
 

@@ -3,10 +3,15 @@
 A call is handled like a card authorisation. `reserve` takes one request and a
 worst-case cost hold in ONE conditional UPDATE whose WHERE clause is the whole rule
 (not revoked, not expired by the database clock, a request left, the hold fits under
-the cap), so concurrent calls (threads, workers, hosts) can never take more than the
-user approved. `settle` turns the hold into the real cost; `release` gives it back.
-Both first claim the ledger row (`status = 'pending'` → final) so a call is settled or
-released exactly once, even if the stale-hold sweeper gets there first.
+the cap, the model is the one granted), so concurrent calls (threads, workers, hosts)
+can never take more than the user approved. `settle` turns the hold into the real cost;
+`release` gives it back. Both first claim the ledger row (`status = 'pending'` → final)
+so a call is settled or released exactly once, even if the stale-hold sweeper gets there
+first.
+
+The app's daily budget (the operator's backstop, `App.daily_budget_pusd`) is held the
+same way, in the same transaction: see `_hold_budget`. The grant's rules come first, so
+a call the budget refuses has been refused nothing by the grant, and reserves nothing.
 """
 
 from __future__ import annotations
@@ -14,12 +19,24 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from sqlalchemy import BigInteger, bindparam, or_, select, update
+from sqlalchemy import (
+    BigInteger,
+    String,
+    bindparam,
+    delete,
+    func,
+    literal_column,
+    or_,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.exc import IntegrityError
 
 from ..extensions import db
 from .clock import db_now
-from .errors import grant_invalid
-from .models import App, Grant, Usage
+from .errors import ApiError, grant_invalid
+from .models import App, AppSpend, Grant, SessionUse, Usage
 from .pricing import Price
 from .tokens import grant_token_is_well_formed, new_grant_token, sha256_hex
 
@@ -27,6 +44,11 @@ log = logging.getLogger(__name__)
 
 # How often `reserve` re-sizes a hold that lost a race for the remaining dollars.
 _RESERVE_ATTEMPTS = 3
+# The daily budget's window: the current hour of the database clock and the 24 before it.
+BUDGET_WINDOW_HOURS = 24
+# How long a used session id is remembered after its token's `exp` (the engine accepts a
+# token up to 5 seconds late; the margin covers skew between its clock and the database's).
+SESSION_USE_MARGIN = 60
 
 
 @dataclass(frozen=True)
@@ -48,6 +70,7 @@ class Reservation:
     hold_pusd: int
     max_tokens: int  # what the provider may generate: the request's, clamped to the cap
     balance: GrantBalance  # as it will be if this call succeeds and spends its whole hold
+    budget_hour: int | None = None  # the AppSpend row holding it; None: no app budget
 
 
 @dataclass(frozen=True)
@@ -57,10 +80,42 @@ class NewGrant:
     requests: int
 
 
+def session_used() -> ApiError:
+    return ApiError(
+        409,
+        "session_used",
+        "This session token has already created its grant: a session creates one grant. "
+        "Ask the app's server for a new session (wattfare.js does, for each requestGrant()).",
+    )
+
+
 def create_grant(
-    app: App, *, origin: str, subject: str | None, requests: int, max_pusd: int | None, ttl: int
+    app: App,
+    *,
+    origin: str,
+    subject: str | None,
+    requests: int,
+    max_pusd: int | None,
+    ttl: int,
+    model: str | None = None,
+    session: tuple[str, int] | None = None,
 ) -> NewGrant:
+    """Create a grant; with `session` = (jti, expires_at), that session's one grant.
+
+    The session id is recorded in the same transaction as the grant, by an INSERT the
+    primary key decides: of two requests racing with one session (two workers, two
+    hosts), one creates its grant and the other gets 409 `session_used`.
+    """
     token = new_grant_token()
+    if session is not None:
+        jti, expires_at = session
+        try:
+            db.session.execute(
+                SessionUse.__table__.insert().values(app_id=app.id, jti=jti, expires_at=expires_at)
+            )
+        except IntegrityError:
+            db.session.rollback()
+            raise session_used() from None
     row = db.session.execute(
         Grant.__table__.insert()
         .values(
@@ -68,6 +123,7 @@ def create_grant(
             token_hash=sha256_hex(token),
             origin=origin,
             subject=subject,
+            model=model,
             requests=requests,
             used=0,
             reserved=0,
@@ -82,8 +138,19 @@ def create_grant(
     return NewGrant(token=token, expires_at=row.expires_at, requests=requests)
 
 
+def forget_used_sessions() -> int:
+    """Forget the ids of session tokens that have expired (they are refused anyway)."""
+    result = db.session.execute(
+        delete(SessionUse).where(SessionUse.expires_at < db_now() - SESSION_USE_MARGIN)
+    )
+    db.session.commit()
+    return result.rowcount or 0
+
+
 _grants = Grant.__table__
 _usage = Usage.__table__
+_apps = App.__table__
+_spend = AppSpend.__table__
 
 # The hot path's statements are built once, here, with bind parameters. Building a
 # statement per call and letting SQLAlchemy derive its cache key each time cost more
@@ -102,6 +169,11 @@ _BALANCE = (
     _grants.c.held_pusd,
 )
 _hold = bindparam("p_hold", type_=BigInteger)
+# The app's budget rides along (a primary-key lookup, no lock): most apps have none, and
+# then reserving costs no statement more than it did before budgets existed.
+_APP_BUDGET = (
+    select(_apps.c.daily_budget_pusd).where(_apps.c.id == _grants.c.app_id).scalar_subquery()
+)
 _RESERVE = (
     _grants.update()
     .where(
@@ -114,10 +186,62 @@ _RESERVE = (
             _grants.c.max_pusd.is_(None),
             _grants.c.spent_pusd + _grants.c.held_pusd + _hold <= _grants.c.max_pusd,
         ),
+        or_(_grants.c.model.is_(None), _grants.c.model == bindparam("p_model")),
     )
     .values(reserved=_grants.c.reserved + 1, held_pusd=_grants.c.held_pusd + _hold)
-    .returning(*_BALANCE)
+    .returning(*_BALANCE, _APP_BUDGET.label("daily_budget_pusd"))
 )
+# Serialises one budgeted app's reservations: a row lock on its apps row, held until the
+# reservation commits. NO KEY UPDATE, so inserting grants (whose foreign key takes a KEY
+# SHARE lock on the same row) is not blocked by it. SQLite has no row locks and needs
+# none: the grant UPDATE before it has taken the database's one write lock. The hour is
+# read here, once, so the window and the hold agree on it.
+_LOCK_BUDGET = (
+    select(_apps.c.daily_budget_pusd, (db_now() // 3600).label("hour"))
+    .where(_apps.c.id == bindparam("p_app_id"), _apps.c.daily_budget_pusd.is_not(None))
+    .with_for_update(key_share=True)
+)
+_budget_hour = bindparam("p_hour", type_=BigInteger)
+_SPEND_TO_BUDGET = (
+    _spend.update()
+    .where(_spend.c.app_id == bindparam("p_app_id"), _spend.c.hour == _budget_hour)
+    .values(
+        spent_pusd=_spend.c.spent_pusd + bindparam("p_cost", type_=BigInteger),
+        held_pusd=_spend.c.held_pusd - _hold,
+    )
+)
+
+
+# The conditional statement that takes a hold on the app's budget, or takes nothing:
+# INSERT … SELECT … WHERE <the window's spending and holds + this hold fit the budget>
+# ON CONFLICT (app_id, hour) DO UPDATE. One statement creates or grows the current hour's
+# row, or (RETURNING no row) refuses. The sum reads at most 25 rows on the primary key.
+# It runs under _LOCK_BUDGET, after the lock was granted, so on PostgreSQL its snapshot
+# sees every reservation of this app that committed before it; settles and releases
+# running beside it only ever lower the sum. Written as SQL text, the same for SQLite and
+# PostgreSQL: SQLAlchemy's dialect upsert constructs cannot be cached, and compiling one
+# on every call cost more than the statement (bench/profile_call.py --daily-budget).
+_HOLD_IN_BUDGET = text(
+    """
+    INSERT INTO app_spend (app_id, hour, spent_pusd, held_pusd)
+    SELECT :p_app_id, :p_hour, 0, :p_hold
+    WHERE (
+        SELECT COALESCE(SUM(spent_pusd + held_pusd), 0) FROM app_spend
+        WHERE app_id = :p_app_id AND hour >= :p_hour - :p_window
+    ) + :p_hold <= :p_budget
+    ON CONFLICT (app_id, hour) DO UPDATE SET held_pusd = app_spend.held_pusd + excluded.held_pusd
+    RETURNING hour
+    """
+).bindparams(
+    # Typed, so PostgreSQL reads the same parameter as the same type in both places.
+    bindparam("p_app_id", type_=String(32)),
+    bindparam("p_hour", type_=BigInteger),
+    bindparam("p_hold", type_=BigInteger),
+    bindparam("p_budget", type_=BigInteger),
+    bindparam("p_window", value=BUDGET_WINDOW_HOURS, type_=BigInteger),
+)
+
+
 _OPEN_USAGE = (
     _usage.insert()
     .values(
@@ -133,6 +257,7 @@ _OPEN_USAGE = (
         hold_expires_at=db_now() + bindparam("p_hold_ttl", type_=BigInteger),
         idempotency_key=bindparam("p_idempotency_key"),
         request_fingerprint=bindparam("p_request_fingerprint"),
+        budget_hour=bindparam("p_budget_hour", type_=BigInteger),
     )
     .returning(_usage.c.id)
 )
@@ -149,7 +274,7 @@ _CLAIM_SETTLE = (
         duration_ms=bindparam("p_duration_ms"),
         response_body=bindparam("p_response_body"),
     )
-    .returning(_usage.c.id)
+    .returning(_usage.c.id, _usage.c.app_id, _usage.c.budget_hour)
 )
 _CHARGE = (
     _grants.update()
@@ -205,12 +330,29 @@ def reserve(
         raise grant_invalid("unknown")
     token_hash = sha256_hex(token)
     tokens = max_tokens
-    for _ in range(_RESERVE_ATTEMPTS):
+    swept_for_budget = False
+    attempts = 0
+    while attempts < _RESERVE_ATTEMPTS:
+        attempts += 1
         hold = price.cost_pusd(prompt_tokens, tokens)
         row = _execute(
-            _RESERVE, p_token_hash=token_hash, p_app_id=app_id, p_hold=hold
+            _RESERVE, p_token_hash=token_hash, p_app_id=app_id, p_hold=hold, p_model=model
         ).one_or_none()
         if row is not None:
+            budget_hour = None
+            if row.daily_budget_pusd is not None:
+                fits, budget_hour = _hold_budget(app_id, hold)
+                if not fits:
+                    db.session.rollback()  # the grant's reservation goes with it
+                    # Holds of calls that died mid-call count against the budget until
+                    # they are released: release them now rather than refuse for them.
+                    # All stale holds, not this app's: that sweep reads only the few
+                    # pending rows (ix_usage_pending_hold), whatever the ledger's size.
+                    if not swept_for_budget and release_stale():
+                        swept_for_budget = True
+                        attempts -= 1  # the same hold again, on a lighter budget
+                        continue
+                    raise grant_invalid("app_budget")
             usage_id = _execute(
                 _OPEN_USAGE,
                 p_grant_id=row.id,
@@ -221,12 +363,13 @@ def reserve(
                 p_hold_ttl=hold_ttl,
                 p_idempotency_key=idempotency_key,
                 p_request_fingerprint=request_fingerprint,
+                p_budget_hour=budget_hour,
             ).scalar_one()
             db.session.commit()
-            return Reservation(usage_id, row.id, hold, tokens, _balance(row))
+            return Reservation(usage_id, row.id, hold, tokens, _balance(row), budget_hour)
         db.session.rollback()
         # Refused: find out why, and whether a smaller hold would fit.
-        grant = _why_refused(app_id, token_hash)
+        grant = _why_refused(app_id, token_hash, model)
         if grant.max_pusd is None:
             continue  # lost a race with a settle or release: try again as it was
         affordable = price.affordable_completion_tokens(
@@ -238,7 +381,27 @@ def reserve(
     raise grant_invalid("over_cap")
 
 
-def _why_refused(app_id: str, token_hash: str) -> Grant:
+def _hold_budget(app_id: str, hold: int) -> tuple[bool, int | None]:
+    """Hold `hold` on the app's daily budget: (True, the hour it went to), or (False, None)
+    when the day's spending and holds leave no room for it.
+
+    Inside reserve's transaction: the lock, then one conditional statement. No sum is read
+    into Python and written back, so two workers can never both fit in what is left.
+    """
+    lock = _execute(_LOCK_BUDGET, p_app_id=app_id).one_or_none()
+    if lock is None:
+        return True, None  # the budget was turned off a moment ago: nothing to hold
+    held = _execute(
+        _HOLD_IN_BUDGET,
+        p_app_id=app_id,
+        p_hour=lock.hour,
+        p_hold=hold,
+        p_budget=lock.daily_budget_pusd,
+    ).one_or_none()
+    return (False, None) if held is None else (True, held.hour)
+
+
+def _why_refused(app_id: str, token_hash: str, model: str) -> Grant:
     """Raise the 402 that explains a refused reservation, unless only the size was wrong.
 
     Returns the grant when its dollar cap is the only obstacle, so the caller can
@@ -247,6 +410,13 @@ def _why_refused(app_id: str, token_hash: str) -> Grant:
     grant = _grant_by_hash(app_id, token_hash)
     if grant.revoked_at is not None:
         raise grant_invalid("revoked")
+    if grant.model is not None and grant.model != model:
+        error = grant_invalid("model_not_granted")
+        error.message = (
+            f"This grant was approved for {grant.model!r} only, not {model!r}. Call that "
+            "model, or ask the user to approve a grant for this one."
+        )
+        raise error
     if grant.reserved and release_stale(grant.id):
         db.session.refresh(grant)
     now = db.session.scalar(select(db_now()))
@@ -288,6 +458,14 @@ def settle(
     row = _execute(
         _CHARGE, p_grant_id=reservation.grant_id, p_hold=reservation.hold_pusd, p_cost=cost
     ).one()
+    if claimed.budget_hour is not None:
+        _execute(
+            _SPEND_TO_BUDGET,
+            p_app_id=claimed.app_id,
+            p_hour=claimed.budget_hour,
+            p_hold=reservation.hold_pusd,
+            p_cost=cost,
+        )
     db.session.commit()
     return _balance(row)
 
@@ -298,7 +476,7 @@ def release(reservation: Reservation, *, error: str, duration_ms: int) -> None:
         update(Usage)
         .where(Usage.id == reservation.usage_id, Usage.status == "pending")
         .values(status="failed", error=error[:40], finished_at=db_now(), duration_ms=duration_ms)
-        .returning(Usage.id),
+        .returning(Usage.app_id, Usage.budget_hour),
         execution_options={"synchronize_session": False},
     ).one_or_none()
     if claimed is not None:
@@ -308,25 +486,37 @@ def release(reservation: Reservation, *, error: str, duration_ms: int) -> None:
             .values(reserved=Grant.reserved - 1, held_pusd=Grant.held_pusd - reservation.hold_pusd),
             execution_options={"synchronize_session": False},
         )
+        if claimed.budget_hour is not None:
+            _execute(
+                _SPEND_TO_BUDGET,
+                p_app_id=claimed.app_id,
+                p_hour=claimed.budget_hour,
+                p_hold=reservation.hold_pusd,
+                p_cost=0,
+            )
     db.session.commit()
 
 
 def release_stale(grant_id: int | None = None) -> int:
     """Release holds nobody settled before they expired (a worker crashed mid-call).
 
-    Runs when a reservation is refused on a grant with calls in flight, and from
-    `flask wattfare sweep`. Returns how many holds were released.
+    Runs when a reservation is refused on a grant with calls in flight (that grant's), or
+    by its app's daily budget, and from `flask wattfare sweep` (all of them). Returns how
+    many holds were released.
     """
-    where = [Usage.status == "pending", Usage.hold_expires_at < db_now()]
+    # 'pending' as a literal, not a bound parameter: SQLite uses the partial index
+    # ix_usage_pending_hold only for a WHERE that names its exact term.
+    where = [Usage.status == literal_column("'pending'"), Usage.hold_expires_at < db_now()]
     if grant_id is not None:
         where.append(Usage.grant_id == grant_id)
     rows = db.session.execute(
         update(Usage)
         .where(*where)
         .values(status="expired", error="hold_expired", finished_at=db_now())
-        .returning(Usage.grant_id, Usage.hold_pusd),
+        .returning(Usage.grant_id, Usage.hold_pusd, Usage.app_id, Usage.budget_hour),
         execution_options={"synchronize_session": False},
     ).all()
+    # Grants first, then the budget rows: the order every other transaction takes them in.
     for row in rows:
         db.session.execute(
             update(Grant)
@@ -334,10 +524,42 @@ def release_stale(grant_id: int | None = None) -> int:
             .values(reserved=Grant.reserved - 1, held_pusd=Grant.held_pusd - row.hold_pusd),
             execution_options={"synchronize_session": False},
         )
+    for row in rows:
+        if row.budget_hour is not None:
+            _execute(
+                _SPEND_TO_BUDGET,
+                p_app_id=row.app_id,
+                p_hour=row.budget_hour,
+                p_hold=row.hold_pusd,
+                p_cost=0,
+            )
     db.session.commit()
     if rows:
         log.warning("released %d stale hold(s)", len(rows))
     return len(rows)
+
+
+def forget_old_spending() -> int:
+    """Drop AppSpend rows that have left every budget window and hold nothing."""
+    result = db.session.execute(
+        delete(AppSpend).where(
+            AppSpend.hour < db_now() // 3600 - BUDGET_WINDOW_HOURS, AppSpend.held_pusd == 0
+        )
+    )
+    db.session.commit()
+    return result.rowcount or 0
+
+
+def budget_window_spend(app_id: str) -> tuple[int, int]:
+    """(spent, held) in pico-dollars over the app's current budget window."""
+    hour = db_now() // 3600
+    row = db.session.execute(
+        select(
+            func.coalesce(func.sum(AppSpend.spent_pusd), 0),
+            func.coalesce(func.sum(AppSpend.held_pusd), 0),
+        ).where(AppSpend.app_id == app_id, AppSpend.hour >= hour - BUDGET_WINDOW_HOURS)
+    ).one()
+    return int(row[0]), int(row[1])
 
 
 def current_balance(grant_id: int) -> GrantBalance:
@@ -383,16 +605,21 @@ def revoke(grant: Grant) -> None:
 
 
 __all__ = [
+    "BUDGET_WINDOW_HOURS",
     "GrantBalance",
     "NewGrant",
     "Reservation",
+    "budget_window_spend",
     "create_grant",
     "current_balance",
     "find_grant",
+    "forget_old_spending",
+    "forget_used_sessions",
     "grant_status",
     "release",
     "release_stale",
     "reserve",
     "revoke",
+    "session_used",
     "settle",
 ]

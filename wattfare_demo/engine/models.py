@@ -1,4 +1,5 @@
-"""The engine's tables: apps and their origins, grants, and the usage ledger.
+"""The engine's tables: apps and their origins, grants, the usage ledger, the session
+tokens already used, and each budgeted app's spending per hour.
 
 Money columns hold integer pico-dollars (1 USD = 10**12 pUSD): prices are integer
 micro-dollars per million tokens, so `tokens * price` is an exact pUSD amount with no
@@ -16,6 +17,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
@@ -38,6 +40,8 @@ class App(db.Model):
     session_key_box: Mapped[str] = mapped_column(String(200))
     auto_approve: Mapped[bool] = mapped_column(default=False)
     created_at: Mapped[int] = mapped_column(BigInteger, default=db_now())
+    # The most the app's calls may cost over a rolling day (see AppSpend); None: no ceiling.
+    daily_budget_pusd: Mapped[int | None] = mapped_column(BigInteger)
 
     origins: Mapped[list[AppOrigin]] = relationship(
         back_populates="app", cascade="all, delete-orphan", order_by="AppOrigin.origin"
@@ -80,6 +84,8 @@ class Grant(db.Model):
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     origin: Mapped[str] = mapped_column(String(255))
     subject: Mapped[str | None] = mapped_column(String(255))
+    # The one model the grant may be spent on, as the app's session named it; None: any.
+    model: Mapped[str | None] = mapped_column(String(120))
     requests: Mapped[int] = mapped_column(Integer)
     used: Mapped[int] = mapped_column(Integer, default=0)
     reserved: Mapped[int] = mapped_column(Integer, default=0)
@@ -128,9 +134,53 @@ class Usage(db.Model):
     idempotency_key: Mapped[str | None] = mapped_column(String(255))
     request_fingerprint: Mapped[str | None] = mapped_column(String(64))
     response_body: Mapped[str | None] = mapped_column(Text)
+    # The AppSpend hour this call's hold was taken in; None when its app had no budget.
+    budget_hour: Mapped[int | None] = mapped_column(BigInteger)
 
     __table_args__ = (
         Index("ix_usage_grant_status", "grant_id", "status"),
+        # The calls in flight, by when their hold expires: what the stale-hold sweeps read
+        # (all of them, or one app's when its daily budget refuses a call). Only pending
+        # rows are in it, so it stays a few rows long however big the ledger grows.
+        Index(
+            "ix_usage_pending_hold",
+            "hold_expires_at",
+            postgresql_where=text("status = 'pending'"),
+            sqlite_where=text("status = 'pending'"),
+        ),
         UniqueConstraint("app_id", "idempotency_key", name="app_idempotency_key"),
         CheckConstraint("status IN ('pending', 'ok', 'failed', 'expired')", name="status"),
     )
+
+
+class SessionUse(db.Model):
+    """A session token that has created its grant: one grant per session (`jti`).
+
+    Kept until the token has expired (`expires_at`, its `exp` claim): after that the token
+    is refused anyway, and `flask wattfare sweep` forgets the row.
+    """
+
+    __tablename__ = "session_uses"
+
+    app_id: Mapped[str] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"), primary_key=True)
+    jti: Mapped[str] = mapped_column(String(128), primary_key=True)
+    expires_at: Mapped[int] = mapped_column(BigInteger, index=True)
+
+
+class AppSpend(db.Model):
+    """What a budgeted app's calls cost, per hour of the database clock (`hour` = unix
+    seconds // 3600): `spent_pusd` settled, `held_pusd` still held by calls in flight.
+
+    A call's hold is taken in the hour it is reserved and settled or released in that same
+    row (Usage.budget_hour). The daily budget compares the sum of the current hour's row and
+    the 24 before it: at most 25 rows on the primary key, however many calls a day has.
+    """
+
+    __tablename__ = "app_spend"
+
+    app_id: Mapped[str] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"), primary_key=True)
+    hour: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    spent_pusd: Mapped[int] = mapped_column(BigInteger, default=0)
+    held_pusd: Mapped[int] = mapped_column(BigInteger, default=0)
+
+    __table_args__ = (CheckConstraint("spent_pusd >= 0 AND held_pusd >= 0", name="money_positive"),)

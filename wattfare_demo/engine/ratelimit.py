@@ -1,20 +1,29 @@
-"""Per-app rate limits (Flask-Limiter) on grant creation, the consent page and the proxy.
+"""Rate limits (Flask-Limiter): per visitor, with each app's limits only as a ceiling.
 
-    endpoint                         setting                       default      counted per
-    wattfare_api.create_grant        WATTFARE_RATE_LIMIT_GRANTS    30/minute    app (session JWT)
-    wattfare_api.chat_completions    WATTFARE_RATE_LIMIT_CHAT      600/minute   app (secret key)
-    wattfare_consent.consent         WATTFARE_RATE_LIMIT_CONSENT   60/minute    app + client address
+    endpoint                       setting                         default      counted per
+    wattfare_consent.consent       WATTFARE_RATE_LIMIT_CONSENT     30/minute    visitor, app
+    wattfare_api.create_grant      WATTFARE_RATE_LIMIT_GRANTS      10/minute    visitor
+    wattfare_api.create_grant      WATTFARE_APP_RATE_LIMIT_GRANTS  600/minute   app (created)
+    wattfare_api.chat_completions  WATTFARE_APP_RATE_LIMIT_CHAT    6000/minute  app (reserved)
+    + the host app's own routes, passed to `init_rate_limits` (the demo's: demo_limits.py)
 
-A request is counted against its app only when its credential checks out; anything else
-(no key, a wrong key, a forged JWT) is counted against the client address, so nobody can
-spend an app's allowance by sending its public app id. The consent page has no secret at
-all (its `pk` is public), so it is counted per app *and* client address: one visitor
-reloading the popup cannot lock the app's other visitors out.
+A visitor is the client address as the trusted proxies report it (WATTFARE_PROXY_HOPS,
+applied by ProxyFix in create_app); IPv6 addresses count per /64, the block one
+subscriber gets. One visitor, or a script, reloading the popup, minting sessions or
+flooding an endpoint only runs into its own limit: every other visitor keeps theirs.
 
-Over the limit: 429 `rate_limited` (type `rate_limit_error`) in the API's JSON error shape
+The per-app ceilings are there for a flood from many addresses at once, and they count
+only what did something: a grant created (200), a call that reserved (not a 4xx: a 402,
+400 or 401 reserved nothing). So requests refused for a bad token, a bad key or a used-up
+grant, which cost nothing, use up nobody's allowance. A credential that does not check
+out is counted against the sender's address, never against the app it names: app ids
+are public (they are in the publishable key).
+
+Over a limit: 429 `rate_limited` (type `rate_limit_error`) in the API's JSON error shape
 with `Retry-After`; on the consent page the popup's own error page (which tells the
-opener), with the same status and header. docs/configuration-rate-limits.md has the
-settings: Redis (REDIS_URL) or memory storage, per-route values, and off switches.
+opener), with the same status and header; on the host app's routes whatever their
+`respond` builds. docs/configuration-rate-limits.md has the settings: Redis (REDIS_URL)
+or memory storage, per-route values, and off switches.
 
 Why not `@limiter.limit` decorators on the routes: a `Limiter` holds one app's storage and
 on/off switch, and `create_app` can build several apps in one process (the tests do), so
@@ -23,33 +32,50 @@ each app gets its own `Limiter` here and the limits are attached to its view fun
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 from flask import Flask, Response, current_app, render_template, request
 from flask_limiter import Limiter, RequestLimit
 from limits import parse_many
 
+from ..origins import normalise_origin
 from ..request_log import note
-from .apps import app_for_publishable_key, app_for_secret_key, normalise_origin
+from .apps import app_for_publishable_key, app_for_secret_key
 from .errors import ApiError, error_response
 from .sessions import verify_session
 
 log = logging.getLogger(__name__)
 
 CONSENT_ENDPOINT = "wattfare_consent.consent"
+GRANTS_ENDPOINT = "wattfare_api.create_grant"
+CHAT_ENDPOINT = "wattfare_api.chat_completions"
 
 
 # --- whose allowance a request spends ----------------------------------------------------
 
 
-def client_address() -> str:
-    # remote_addr is the real client when a ProxyFix (or the host) sets it up; without
-    # one, everyone behind the same proxy shares this fallback bucket.
-    return f"addr:{request.remote_addr or 'unknown'}"
+def visitor() -> str:
+    """The visitor: the client address (as trusted proxies report it), IPv6 per /64.
+
+    remote_addr is the real client only when WATTFARE_PROXY_HOPS matches the proxies in
+    front of the app; set too low, every visitor behind the proxy shares one count.
+    """
+    address = request.remote_addr or ""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return f"visitor:{address or 'unknown'}"
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return f"visitor:{ip.ipv4_mapped}"
+        return f"visitor:{ipaddress.IPv6Network((ip, 64), strict=False)}"
+    return f"visitor:{ip}"
 
 
 def _bearer() -> str:
@@ -58,16 +84,16 @@ def _bearer() -> str:
 
 
 def app_of_secret_key() -> str:
-    """The app whose secret key authorises the call (one indexed lookup), else the address."""
+    """The app whose secret key authorises the call (one indexed lookup), else the sender."""
     app = app_for_secret_key(_bearer())
     if app is not None:
         note(app=app.id)  # for the request log line, 429s included
         return f"app:{app.id}"
-    return client_address()
+    return visitor()
 
 
 def app_of_session() -> str:
-    """The app of a valid session JWT, else the address.
+    """The app of a valid session JWT, else the sender.
 
     Verified, not just decoded: the `iss` of an unverified token is anyone's to write.
     The view verifies it again; the app row is then already in the session's identity map.
@@ -77,30 +103,98 @@ def app_of_session() -> str:
         try:
             session = verify_session(token, current_app.config["SECRET_KEY"])
         except ApiError:
-            return client_address()
+            return visitor()
         note(app=session.app.id)
         return f"app:{session.app.id}"
-    return client_address()
+    return visitor()
 
 
-def app_and_address_of_publishable_key() -> str:
+def visitor_of_publishable_key() -> str:
+    """The visitor, within the app the consent page is for (each app's popup counts
+    apart, so one site's visitors never use up another's)."""
     app = app_for_publishable_key(request.args.get("pk", ""))
     if app is None:
-        return client_address()
-    return f"app:{app.id}:{client_address()}"
+        return visitor()
+    return f"app:{app.id}:{visitor()}"
+
+
+# --- what counts -------------------------------------------------------------------------
+
+
+def grant_created(response: Response) -> bool:
+    return response.status_code == 200
+
+
+def reserved_something(response: Response) -> bool:
+    """A call that got past the reservation: a success, or a provider failure (5xx, whose
+    hold was released). Every 4xx was refused before anything was reserved (or, for the
+    provider's own 429, released at once)."""
+    return not 400 <= response.status_code < 500
+
+
+# --- the limits --------------------------------------------------------------------------
+
+Responder = Callable[[int, str], Response]  # (seconds to wait, message) -> the 429
 
 
 @dataclass(frozen=True)
 class RouteLimit:
+    """A limit on one view, by endpoint name.
+
+    `counts` decides after the response whether the request is counted (None: every
+    request is); `respond` builds the 429 (None: the API's JSON error); `who` says in the
+    message whose allowance it is.
+    """
+
     endpoint: str
     setting: str
     key_func: Callable[[], str]
+    who: str = "from your address"
+    counts: Callable[[Response], bool] | None = None
+    respond: Responder | None = None
+
+
+def _consent_page(wait: int, message: str) -> Response:
+    """The popup's error page, so consent.js tells the opener instead of showing raw JSON."""
+    from . import consent  # the popup module renders the page; it does not import us
+
+    error = ApiError(
+        429, "rate_limited", message, type="rate_limit_error", headers={"Retry-After": str(wait)}
+    )
+    raw_origin = request.args.get("origin", "")
+    nonce = request.args.get("nonce", "")
+    html = render_template(
+        "consent/error.html",
+        error=error,
+        origin=normalise_origin(raw_origin) if raw_origin else None,
+        nonce=nonce if consent._NONCE.match(nonce) else None,
+    )
+    # The consent blueprint's after_request still adds its strict headers (CSP, no framing).
+    return Response(html, status=429, headers=error.headers, mimetype="text/html")
 
 
 LIMITS = (
-    RouteLimit("wattfare_api.create_grant", "WATTFARE_RATE_LIMIT_GRANTS", app_of_session),
-    RouteLimit("wattfare_api.chat_completions", "WATTFARE_RATE_LIMIT_CHAT", app_of_secret_key),
-    RouteLimit(CONSENT_ENDPOINT, "WATTFARE_RATE_LIMIT_CONSENT", app_and_address_of_publishable_key),
+    RouteLimit(
+        CONSENT_ENDPOINT,
+        "WATTFARE_RATE_LIMIT_CONSENT",
+        visitor_of_publishable_key,
+        respond=_consent_page,
+    ),
+    RouteLimit(GRANTS_ENDPOINT, "WATTFARE_RATE_LIMIT_GRANTS", visitor),
+    RouteLimit(
+        GRANTS_ENDPOINT,
+        "WATTFARE_APP_RATE_LIMIT_GRANTS",
+        app_of_session,
+        who="for this app, from all its visitors together",
+        counts=grant_created,
+    ),
+    RouteLimit(
+        CHAT_ENDPOINT,
+        "WATTFARE_APP_RATE_LIMIT_CHAT",
+        app_of_secret_key,
+        who="for this app",
+        counts=reserved_something,
+    ),
 )
 
 
@@ -112,49 +206,39 @@ def retry_after(limit: RequestLimit) -> int:
     return max(1, math.ceil(limit.reset_at - time.time()))
 
 
-def too_many_requests(limit: RequestLimit) -> Response:
+def too_many_requests(route: RouteLimit, limit: RequestLimit) -> Response:
     wait = retry_after(limit)
-    error = ApiError(
-        429,
-        "rate_limited",
-        f"Too many requests: the limit here is {limit.limit}. "
-        f"Retry in {wait} second{'s' if wait != 1 else ''}. Nothing was charged.",
-        type="rate_limit_error",
-        headers={"Retry-After": str(wait)},
+    message = (
+        f"Too many requests {route.who}: the limit here is {limit.limit}. "
+        f"Retry in {wait} second{'s' if wait != 1 else ''}. Nothing was charged."
     )
-    if request.endpoint == CONSENT_ENDPOINT:
-        return _consent_page(error)
-    return error_response(error)
-
-
-def _consent_page(error: ApiError) -> Response:
-    """The popup's error page, so consent.js tells the opener instead of showing raw JSON."""
-    from . import consent  # the popup module renders the page; it does not import us
-
-    raw_origin = request.args.get("origin", "")
-    nonce = request.args.get("nonce", "")
-    html = render_template(
-        "consent/error.html",
-        error=error,
-        origin=normalise_origin(raw_origin) if raw_origin else None,
-        nonce=nonce if consent._NONCE.match(nonce) else None,
+    if route.respond is not None:
+        return route.respond(wait, message)
+    return error_response(
+        ApiError(
+            429,
+            "rate_limited",
+            message,
+            type="rate_limit_error",
+            headers={"Retry-After": str(wait)},
+        )
     )
-    # The consent blueprint's after_request still adds its strict headers (CSP, no framing).
-    return Response(html, status=error.status, headers=error.headers, mimetype="text/html")
 
 
 # --- wiring -----------------------------------------------------------------------------
 
 
-def init_rate_limits(app: Flask) -> Limiter | None:
-    """Give `app` its own Limiter and attach the limits above to its views.
+def init_rate_limits(app: Flask, extra: Sequence[RouteLimit] = ()) -> Limiter | None:
+    """Give `app` its own Limiter and attach LIMITS and `extra` to its views.
 
-    Call it after the blueprints are registered: it wraps `app.view_functions`. Returns
-    None when RATELIMIT_ENABLED is false (then nothing is wrapped and nothing is counted).
+    Call it after the blueprints are registered: it wraps `app.view_functions`. A limit
+    whose endpoint the app does not have is skipped. Returns None when RATELIMIT_ENABLED
+    is false (then nothing is wrapped and nothing is counted).
     """
     if not app.config.get("RATELIMIT_ENABLED", True):
         return None
-    for route in LIMITS:
+    routes = (*LIMITS, *extra)
+    for route in routes:
         value = app.config.get(route.setting) or ""
         if value and value != "off":
             try:
@@ -165,16 +249,21 @@ def init_rate_limits(app: Flask) -> Limiter | None:
                     '"5/second;100/hour", or "off".'
                 ) from None
     limiter = Limiter(
-        key_func=client_address,
-        on_breach=too_many_requests,
-        # RATELIMIT_STORAGE_URI (memory:// or REDIS_URL), RATELIMIT_KEY_PREFIX and
-        # RATELIMIT_SWALLOW_ERRORS come from the app config (config.py).
+        key_func=visitor,
+        # RATELIMIT_STORAGE_URI (memory:// or REDIS_URL), RATELIMIT_KEY_PREFIX,
+        # RATELIMIT_SWALLOW_ERRORS and RATELIMIT_HEADERS_ENABLED come from the app config.
     )
     limiter.init_app(app)
-    for route in LIMITS:
+    for route in routes:
         value = app.config.get(route.setting) or "off"
         view = app.view_functions.get(route.endpoint)
         if value == "off" or view is None:
             continue
-        app.view_functions[route.endpoint] = limiter.limit(value, key_func=route.key_func)(view)
+        # Several limits on one view stack: Flask-Limiter checks them all, once.
+        app.view_functions[route.endpoint] = limiter.limit(
+            value,
+            key_func=route.key_func,
+            deduct_when=route.counts,
+            on_breach=partial(too_many_requests, route),
+        )(view)
     return limiter

@@ -2,13 +2,14 @@
 `wattfare/server`.
 
     wf = Wattfare()                      # WATTFARE_SECRET_KEY; WATTFARE_API_URL or in-process
-    session = wf.create_session(origin="https://app.example.com")   # for the consent popup
+    session = wf.create_session(origin="https://app.example.com", requests=3)  # for the popup
     result = wf.grant(grant_token).model("local/markdown").generate_text("…")
 """
 
 from __future__ import annotations
 
 import os
+from decimal import Decimal
 from types import TracebackType
 from typing import Any
 
@@ -76,14 +77,37 @@ class Wattfare:
         return WattfareGrant(self._connection, grant_token.strip())
 
     def create_session(
-        self, user_id: str | None = None, *, origin: str, ttl: int = MAX_TTL
+        self,
+        user_id: str | None = None,
+        *,
+        origin: str,
+        requests: int,
+        max_usd: int | float | Decimal | None = None,
+        model: str | None = None,
+        ttl: int = MAX_TTL,
     ) -> WattfareSession:
         """A session token for the consent popup opened from `origin` (no network call).
 
-        `origin` is the page's origin, which must be one of the app's allowed origins;
-        `user_id` is the app's id for a signed-in user, None for an anonymous visitor.
+        The token carries the question this server allows, and the engine holds the grant
+        to it: at most `requests` requests; a dollar cap of at most `max_usd` (with it the
+        grant must have a cap; None: it may have none); only `model` (None: any priced
+        model). It creates one grant. `requests` is required: a session that bounded
+        nothing would let anyone who can reach this server's token endpoint ask for the
+        engine's maximum on this app's account.
+
+        `origin` is the page's origin, which must be one of the app's allowed origins (any
+        spelling: it is normalised); `user_id` is the app's id for a signed-in user, None
+        for an anonymous visitor.
         """
-        return mint_session(self._connection.secret_key, origin=origin, user_id=user_id, ttl=ttl)
+        return mint_session(
+            self._connection.secret_key,
+            origin=origin,
+            requests=requests,
+            max_usd=max_usd,
+            model=model,
+            user_id=user_id,
+            ttl=ttl,
+        )
 
     def close(self) -> None:
         self._connection.close()
