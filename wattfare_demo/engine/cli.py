@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import time
+
 import click
 from flask import Flask, current_app
 from flask.cli import AppGroup
 from sqlalchemy import select
 
 from ..extensions import db
-from . import grants, idempotency
+from . import sweep
 from .apps import add_origin, create_app_record, normalise_origin, remove_origin
 from .models import App
 
@@ -89,11 +91,29 @@ def remove_origin_command(app_id: str, origin: str) -> None:
 
 
 @group.command("sweep")
-def sweep_command() -> None:
-    """Release expired holds of calls that never finished (e.g. after a crash), and
-    forget Idempotency-Keys (and their stored answers) older than 24 hours."""
-    click.echo(f"Released {grants.release_stale()} stale hold(s).")
-    click.echo(f"Forgot {idempotency.forget_expired_keys()} idempotency key(s) older than 24 h.")
+@click.option(
+    "--every",
+    type=click.FloatRange(min=1),
+    default=None,
+    help="Sweep again every this many seconds, until stopped (a process of its own).",
+)
+def sweep_command(every: float | None) -> None:
+    """Run the sweep's steps (engine/sweep.py): release holds of calls that never
+    finished, forget what was kept to replay answers once it is 30 minutes old, …
+
+    The Procfile's gunicorn workers already sweep every WATTFARE_SWEEP_INTERVAL seconds;
+    this is for a scheduler, by hand, or (with --every) a process of its own.
+    """
+    while True:
+        done = sweep.sweep()
+        if done is None:
+            click.echo("Another sweep is running; skipped.")
+        for step, count in done or ():
+            click.echo(step.says.format(count).capitalize() + ".")
+        db.session.remove()
+        if every is None:
+            return
+        time.sleep(every)
 
 
 def register(app: Flask) -> None:
