@@ -25,6 +25,7 @@ end_stream, reset (a TCP RST), sleep and wait (both cut short when the server st
 from __future__ import annotations
 
 import json
+import re
 import socket
 import struct
 import sys
@@ -407,6 +408,21 @@ class Model(Behaviour):
 
     text: str = "Hello from the fake model"
     usage: tuple[int, int] = (12, 5)
+    # Prompts already held back by a "[slow N once]" marker (see `serve`).
+    slowed: set[str] = field(default_factory=set)
+
+    def serve(self, request: RecordedRequest, out: Out) -> None:
+        """A last message with "[slow 1.5]" is answered 1.5 s late; "[slow 1.5 once]"
+        only the first time that message comes (a retry is then fast)."""
+        messages = (request.json or {}).get("messages") or [{}]
+        content = messages[-1].get("content")
+        marker = re.search(
+            r"\[slow ([0-9.]+)( once)?\]", content if isinstance(content, str) else ""
+        )
+        if marker and not (marker.group(2) and content in self.slowed):
+            self.slowed.add(content)
+            out.sleep(float(marker.group(1)))
+        super().serve(request, out)
 
     def answer(self, request: RecordedRequest, out: Out) -> None:
         body = request.json or {}

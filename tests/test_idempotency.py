@@ -297,9 +297,7 @@ def test_a_claim_decides_a_race(app, make_grant, secret_key):
 
     def retry(the_body: dict[str, Any]) -> idempotency.Retry:
         with app.test_request_context(headers={"Idempotency-Key": "k"}):
-            return idempotency.from_request(
-                app_id, token, the_body, endpoint="chat", stream=False
-            )
+            return idempotency.from_request(app_id, token, the_body, endpoint="chat", stream=False)
 
     with app.app_context():
         assert retry(body).earlier_answer() is None  # the first claims the key

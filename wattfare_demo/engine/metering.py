@@ -218,9 +218,14 @@ def run(call: MeteredCall) -> Response:
         raise
     lifecycle = _Lifecycle(call, route, reservation, prompt_tokens, started)
     chat = replace(chat, max_tokens=reservation.max_tokens)
-    if call.chat.stream:
-        return lifecycle.stream(chat)
-    return lifecycle.complete(chat)
+    try:
+        if call.chat.stream:
+            return lifecycle.stream(chat)
+        return lifecycle.complete(chat)
+    except BaseException:
+        if not lifecycle.ended:  # a bug of ours: never leave the hold behind
+            lifecycle.release("internal")
+        raise
 
 
 def _check_capabilities(route: ModelRoute, chat: ChatCall) -> None:
@@ -283,9 +288,6 @@ class _Lifecycle:
             self.release(exc.kind)
             _outcome(f"released:{exc.kind}")
             raise upstream_error(exc) from None
-        except BaseException:
-            self.release("internal")
-            raise
         body = json.dumps(
             self.call.renderer.body(completion), separators=(",", ":"), ensure_ascii=False
         ).encode()
@@ -328,9 +330,6 @@ class _Lifecycle:
             self.release(exc.kind)
             _outcome(f"released:{exc.kind}")
             raise upstream_error(exc) from None
-        except BaseException:
-            self.release("internal")
-            raise
         if caller_gone():
             # The caller timed out before the first byte: nothing of the answer can
             # reach it. Stop the upstream and charge nothing; its retry runs afresh.

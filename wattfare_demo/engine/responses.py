@@ -353,12 +353,12 @@ class _Item:
 class ResponsesRenderer:
     def __init__(self, model: str, body: dict[str, Any]) -> None:
         self.model = model
-        self.body = body
+        self.request = body  # echoed in the Response object, as OpenAI does
         self.id = _id("resp")
         self.created_at = int(time.time())
 
     def _response(self, status: str, output: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
-        body = self.body
+        body = self.request
         text = body.get("text") if isinstance(body.get("text"), dict) else {}
         return {
             "id": self.id,

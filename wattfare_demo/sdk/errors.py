@@ -261,4 +261,3 @@ __all__ = [
     "retry_after_seconds",
     "to_wattfare_error",
 ]
-
