@@ -141,6 +141,13 @@ class Out:
         raise _Stop
 
 
+def _text(content: Any) -> str:
+    """A message's text: a string, or its text parts joined."""
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return content if isinstance(content, str) else ""
+
+
 def _echo(request: RecordedRequest) -> str:
     messages = (request.json or {}).get("messages") or [{}]
     content = messages[-1].get("content")
@@ -415,10 +422,8 @@ class Model(Behaviour):
         """A last message with "[slow 1.5]" is answered 1.5 s late; "[slow 1.5 once]"
         only the first time that message comes (a retry is then fast)."""
         messages = (request.json or {}).get("messages") or [{}]
-        content = messages[-1].get("content")
-        marker = re.search(
-            r"\[slow ([0-9.]+)( once)?\]", content if isinstance(content, str) else ""
-        )
+        content = _text(messages[-1].get("content"))
+        marker = re.search(r"\[slow ([0-9.]+)( once)?\]", content)
         if marker and not (marker.group(2) and content in self.slowed):
             self.slowed.add(content)
             out.sleep(float(marker.group(1)))
