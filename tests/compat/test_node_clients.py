@@ -3,8 +3,9 @@
 tests/compat/clients.test.mjs holds the cases (plain, stream, tools, the 402, a timeout
 and its retry that use one request, for each client); this test starts the engine on a
 real port in front of the fake model, makes one fresh grant per name the cases use (of
-3 requests, or N for a name ending in -N), and runs them with `node --test`. The packages are pinned in tests/compat/package.json and
-package-lock.json; scripts/test runs `npm ci` (and installs Node where it is missing).
+3 requests, or N for a name ending in -N), and runs them with `node --test`. The packages
+are pinned in tests/compat/package.json and package-lock.json; scripts/test runs `npm ci`
+(and installs Node where it is missing).
 """
 
 from __future__ import annotations

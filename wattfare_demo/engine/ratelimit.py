@@ -100,6 +100,7 @@ class RouteLimit:
 LIMITS = (
     RouteLimit("wattfare_api.create_grant", "WATTFARE_RATE_LIMIT_GRANTS", app_of_session),
     RouteLimit("wattfare_api.chat_completions", "WATTFARE_RATE_LIMIT_CHAT", app_of_secret_key),
+    RouteLimit("wattfare_api.responses", "WATTFARE_RATE_LIMIT_CHAT", app_of_secret_key),
     RouteLimit(CONSENT_ENDPOINT, "WATTFARE_RATE_LIMIT_CONSENT", app_and_address_of_publishable_key),
 )
 
