@@ -542,3 +542,84 @@ def test_close_closes_the_owned_client(upstream: FakeUpstream) -> None:
     p.close()
     with pytest.raises(RuntimeError):  # httpx refuses requests on a closed client
         p.complete(chat())
+
+
+# --- a faithful proxy -------------------------------------------------------------------
+
+CALL = {
+    "id": "call_1",
+    "type": "function",
+    "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+}
+
+
+def test_tool_calls_logprobs_and_refusals_come_back_as_the_upstream_sent_them(
+    upstream: FakeUpstream, provider: OpenAICompatibleProvider
+) -> None:
+    logprobs = {"content": [{"token": "x", "logprob": -0.1, "top_logprobs": []}]}
+    upstream.respond(
+        Reply(text=None, usage=(9, 7), finish_reason="tool_calls", tool_calls=[CALL]),
+        Reply(text="x", logprobs=logprobs, refusal="I cannot", extra={"system_fingerprint": "fp"}),
+    )
+    called = provider.complete(chat(tools=[{"type": "function"}]))
+    assert called.finish_reason == "tool_calls"
+    assert called.message["tool_calls"] == [CALL]
+    assert upstream.last.json["tools"] == [{"type": "function"}]
+    other = provider.complete(chat())
+    assert other.logprobs == logprobs
+    assert other.message["refusal"] == "I cannot"
+    assert other.extra == {"system_fingerprint": "fp"}
+
+
+def test_streamed_tool_call_deltas_are_passed_on_with_their_index(
+    upstream: FakeUpstream, provider: OpenAICompatibleProvider
+) -> None:
+    upstream.respond(StreamReply(chunks=[], tool_calls=[CALL], finish_reason="tool_calls"))
+    deltas, ends = drain(provider.stream(chat()))
+    calls = [call for d in deltas for call in d.delta["tool_calls"]]
+    assert calls[0] == {
+        "index": 0,
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": ""},
+    }
+    assert "".join(c["function"]["arguments"] for c in calls) == '{"city": "Paris"}'
+    assert ends[0].finish_reason == "tool_calls"
+    # The arguments are output the model wrote: they count for the running estimate.
+    assert deltas[-1].completion_tokens == math.ceil((len("get_weather") + 17) / 3)
+
+
+def test_the_output_limit_goes_out_in_the_field_the_caller_or_the_upstream_uses(
+    upstream: FakeUpstream,
+) -> None:
+    sent = ChatRequest(
+        model="m",
+        messages=[{"role": "user", "content": "Hi"}],
+        max_tokens=20,
+        limit_fields=("max_completion_tokens",),
+    )
+    none_sent = ChatRequest(model="m", messages=[{"role": "user", "content": "Hi"}], max_tokens=20)
+    for base, request, expected in [
+        (upstream.url, sent, {"max_completion_tokens": 20}),
+        (upstream.url, none_sent, {"max_tokens": 20}),
+    ]:
+        p = OpenAICompatibleProvider(base, KEY, timeout=FAST)
+        p.complete(request)
+        p.close()
+        limits = {k: v for k, v in upstream.last.json.items() if k.startswith("max_")}
+        assert limits == expected
+    # OpenAI's own API refuses max_tokens for its reasoning models.
+    assert OpenAICompatibleProvider("https://api.openai.com/v1", KEY).limit_field == (
+        "max_completion_tokens"
+    )
+    assert OpenAICompatibleProvider("https://openrouter.ai/api/v1", KEY).limit_field == (
+        "max_tokens"
+    )
+
+
+def test_a_rate_limit_keeps_the_upstreams_retry_after(
+    upstream: FakeUpstream, provider: OpenAICompatibleProvider
+) -> None:
+    upstream.respond(ErrorReply(status=429, headers={"Retry-After": "12"}))
+    error = provider_error(lambda: provider.complete(chat()))
+    assert (error.kind, error.retry_after) == ("upstream_rate_limited", "12")
