@@ -348,6 +348,27 @@ def test_a_client_that_leaves_is_charged_what_was_generated(
     client_leaves_mid_stream(app, live_server.url, api_headers(make_grant(1)), upstream, how)
 
 
+def test_a_client_gone_before_the_first_byte_is_charged_nothing(
+    app, live_server, make_grant, api_headers, upstream
+):
+    # The upstream takes its time to answer at all; the client gives up first (a
+    # timeout). When the upstream opens, nothing of the answer can reach the client.
+    arrived = threading.Event()
+
+    class Announced(StreamReply):
+        def serve(self, request, out):
+            arrived.set()
+            super().serve(request, out)
+
+    upstream.respond(Announced(delay=TIMEOUT / 2, chunks=("never", "read")))
+    sock = _open_stream(live_server.url, api_headers(make_grant(1)), body(stream=True))
+    assert arrived.wait(5)
+    sock.close()
+    row = wait_until_settled(app)
+    assert (row.status, row.error, row.cost_pusd) == ("failed", "client_gone", 0)
+    assert account(app) == (0, 0, 0, 0)
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
