@@ -420,6 +420,7 @@ def test_a_retry_of_a_call_still_running_waits_and_gets_its_answer(
     headers = api_headers(make_grant(3))
     _send_and_hang_up(live_server.url, headers, fake_body())  # timed out
     assert arrived.wait(5)
+    age_replays(app, idempotency.PARALLEL_SECONDS)  # the retry comes seconds later
     with ThreadPoolExecutor(1) as pool:
         retry = pool.submit(
             httpx.post,
@@ -436,6 +437,23 @@ def test_a_retry_of_a_call_still_running_waits_and_gets_its_answer(
     assert answer.headers["x-wattfare-grant-remaining"] == "2"
     assert len(upstream.requests) == 1
     assert ledger() == ([("ok", "request")], 1)
+
+
+def test_identical_calls_made_at_the_same_moment_are_parallel_calls(
+    app, client, make_grant, api_headers, upstream, ledger
+):
+    gate, arrived = threading.Event(), threading.Event()
+    upstream.respond(Gated(gate=gate, arrived=arrived, text="first"), Reply(text="second"))
+    headers = api_headers(make_grant(2))
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(post, app.test_client(), headers, None, fake_body())
+        assert arrived.wait(5)
+        # Unmarked, and the first began this very second: not its retry.
+        second = post(client, headers, None, fake_body())
+        assert second.get_json()["choices"][0]["message"]["content"] == "second"
+        gate.set()
+        assert first.result(10).get_json()["choices"][0]["message"]["content"] == "first"
+    assert ledger()[1] == 2
 
 
 def test_an_answer_its_caller_left_waits_for_the_retry(
@@ -503,7 +521,8 @@ def test_a_retry_still_waiting_gives_up_with_409(
     with ThreadPoolExecutor(1) as pool:
         first = pool.submit(post, app.test_client(), headers, None, fake_body())
         assert arrived.wait(5)
-        busy = post(client, headers, None, fake_body())
+        marked = {**headers, "x-stainless-retry-count": "1"}
+        busy = post(client, marked, None, fake_body())
         assert busy.status_code == 409
         assert busy.get_json()["error"]["code"] == "call_in_progress"
         assert busy.headers["Retry-After"] == "2"

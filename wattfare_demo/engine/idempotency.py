@@ -5,8 +5,10 @@ again* when it comes for the same app, grant, endpoint and body (JSON compared b
 within REPLAY_TTL (30 minutes) of the first, and
 
 1. it carries the first call's `Idempotency-Key`; or, with no key,
-2. the first is still running: the retry waits for it (up to WATTFARE_RETRY_WAIT
-   seconds) and then is decided by 3 and 4; or
+2. the first is still running, and began at least a second before (calls made at the
+   same moment are parallel calls, not retries) or this one says it is a retry (see 4):
+   the retry waits for it (up to WATTFARE_RETRY_WAIT seconds) and then is decided by 3
+   and 4; or
 3. the first finished, but its caller had already hung up (a client timeout), so its
    answer could not be delivered: the answer waits for the retry; or
 4. the call says it is a retry (`x-stainless-retry-count` >= 1, which the OpenAI SDKs
@@ -62,6 +64,10 @@ RETRY_MARKER = "x-stainless-retry-count"
 REPLAY_TTL = 30 * 60
 # A key claimed this long ago with no reservation belongs to a worker that died.
 CLAIM_TTL = 60
+# An unmarked identical call counts as a retry of a running one only once that one is
+# this many database-clock seconds old (at least one whole second): a retry follows a
+# client timeout, a parallel call (a batch, a load test) comes at the same moment.
+PARALLEL_SECONDS = 2
 # Printable ASCII without spaces, e.g. UUIDs, ULIDs, hashes.
 _KEY = re.compile(r"[\x21-\x7e]{1,255}")
 
@@ -137,6 +143,7 @@ _REPLAY_COLUMNS = (
     (Usage.hold_expires_at < db_now()).label("hold_expired"),
     (Replay.created_at <= db_now() - CLAIM_TTL).label("claim_stale"),
     (Replay.created_at <= db_now() - REPLAY_TTL).label("stale"),
+    (Replay.created_at <= db_now() - PARALLEL_SECONDS).label("aged"),
 )
 
 
@@ -195,6 +202,8 @@ class Retry:
         if row is None or self._forget_if_done(row):
             return None
         if row.status == "pending":
+            if not (self.marked or row.aged):
+                return None  # a parallel identical call, made at the same moment
             row = self._wait_for(row.id)
             if row is None:
                 return None  # it ended charging nothing: run this one
