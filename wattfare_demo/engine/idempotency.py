@@ -45,7 +45,7 @@ from decimal import Decimal
 from typing import Any
 
 from flask import Response, current_app, request
-from sqlalchemy import Row, delete, insert, select, update
+from sqlalchemy import BigInteger, Row, bindparam, select
 from sqlalchemy.exc import IntegrityError
 
 from ..extensions import db
@@ -131,19 +131,64 @@ def fingerprint(grant_token: str, body: dict[str, Any], endpoint: str = "chat") 
     return _sha256(b"request", _canonical(body=body, endpoint=endpoint, grant=grant_token))
 
 
-_REPLAY_COLUMNS = (
-    Replay.id,
-    Replay.usage_id,
-    Replay.request_hash,
-    Replay.stream,
-    Replay.answer,
-    Replay.delivered,
-    Usage.status,
-    Usage.grant_id,
-    (Usage.hold_expires_at < db_now()).label("hold_expired"),
-    (Replay.created_at <= db_now() - CLAIM_TTL).label("claim_stale"),
-    (Replay.created_at <= db_now() - REPLAY_TTL).label("stale"),
-    (Replay.created_at <= db_now() - PARALLEL_SECONDS).label("aged"),
+# Every call runs these, so they are built once with bind parameters (as grants.py's
+# are): building a statement per call costs more than running it.
+_replays = Replay.__table__
+_usage = Usage.__table__
+_ROW = (
+    select(
+        _replays.c.id,
+        _replays.c.usage_id,
+        _replays.c.request_hash,
+        _replays.c.stream,
+        _replays.c.answer,
+        _replays.c.delivered,
+        _usage.c.status,
+        _usage.c.grant_id,
+        (_usage.c.hold_expires_at < db_now()).label("hold_expired"),
+        (_replays.c.created_at <= db_now() - CLAIM_TTL).label("claim_stale"),
+        (_replays.c.created_at <= db_now() - REPLAY_TTL).label("stale"),
+        (_replays.c.created_at <= db_now() - PARALLEL_SECONDS).label("aged"),
+    )
+    .select_from(_replays.outerjoin(_usage, _usage.c.id == _replays.c.usage_id))
+    .where(_replays.c.app_id == bindparam("p_app_id"))
+)
+_BY_KEY = _ROW.where(_replays.c.key_hash == bindparam("p_key_hash"))
+_BY_ID = _ROW.where(_replays.c.id == bindparam("p_id"))
+_LATEST = (
+    _ROW.where(
+        _replays.c.key_hash.is_(None),
+        _replays.c.request_hash == bindparam("p_request_hash"),
+        _replays.c.created_at > db_now() - REPLAY_TTL,
+    )
+    .order_by(_replays.c.id.desc())
+    .limit(1)
+)
+_RECORD = _replays.insert().values(
+    app_id=bindparam("p_app_id"),
+    key_hash=bindparam("p_key_hash"),
+    request_hash=bindparam("p_request_hash"),
+    stream=bindparam("p_stream"),
+    usage_id=bindparam("p_usage_id"),
+    delivered=False,
+    created_at=db_now(),
+)
+_CLAIM = _RECORD.returning(_replays.c.id)
+_LINK = (
+    _replays.update()
+    .where(_replays.c.id == bindparam("p_id"))
+    .values(usage_id=bindparam("p_usage_id"))
+)
+_KEEP = (
+    _replays.update()
+    .where(_replays.c.usage_id == bindparam("p_usage_id"))
+    .values(answer=bindparam("p_answer"), delivered=bindparam("p_delivered"))
+)
+_DELIVERED = _replays.update().where(_replays.c.id == bindparam("p_id")).values(delivered=True)
+_FORGET_ROW = _replays.delete().where(_replays.c.id == bindparam("p_id"))
+_FORGET_CALL = _replays.delete().where(_replays.c.usage_id == bindparam("p_usage_id"))
+_EXPIRED = _replays.delete().where(
+    _replays.c.created_at <= db_now() - bindparam("p_ttl", type_=BigInteger)
 )
 
 
@@ -172,20 +217,15 @@ class Retry:
         for _ in range(3):
             try:
                 self.claim_id = db.session.execute(
-                    insert(Replay)
-                    .values(
-                        app_id=self.app_id,
-                        key_hash=self.key_hash,
-                        request_hash=self.request_hash,
-                        stream=self.stream,
-                    )
-                    .returning(Replay.id)
+                    _CLAIM, self._values(p_key_hash=self.key_hash, p_usage_id=None)
                 ).scalar_one()
                 db.session.commit()
                 return None  # ours: run the call
             except IntegrityError:
                 db.session.rollback()
-            row = self._row(Replay.key_hash == self.key_hash)
+            row = db.session.execute(
+                _BY_KEY, {"p_app_id": self.app_id, "p_key_hash": self.key_hash}
+            ).first()
             if row is None or self._forget_if_done(row):
                 continue  # the key is free again: claim it
             if row.request_hash != self.request_hash:
@@ -198,7 +238,9 @@ class Retry:
         raise key_in_use()
 
     def _keyless(self) -> Response | None:
-        row = self._row(Replay.key_hash.is_(None), latest=True)
+        row = db.session.execute(
+            _LATEST, {"p_app_id": self.app_id, "p_request_hash": self.request_hash}
+        ).first()
         if row is None or self._forget_if_done(row):
             return None
         if row.status == "pending":
@@ -213,19 +255,14 @@ class Retry:
             return self._replay(row)
         return None  # answered already: a new call
 
-    def _row(self, *where: Any, latest: bool = False) -> Row[Any] | None:
-        statement = (
-            select(*_REPLAY_COLUMNS)
-            .outerjoin(Usage, Usage.id == Replay.usage_id)
-            .where(Replay.app_id == self.app_id, *where)
-        )
-        if latest:
-            statement = statement.where(
-                Replay.request_hash == self.request_hash,
-                Replay.created_at > db_now() - REPLAY_TTL,
-            )
-            statement = statement.order_by(Replay.id.desc()).limit(1)
-        return db.session.execute(statement).first()
+    def _values(self, **more: Any) -> dict[str, Any]:
+        return {
+            "p_app_id": self.app_id,
+            "p_key_hash": None,
+            "p_request_hash": self.request_hash,
+            "p_stream": self.stream,
+            **more,
+        }
 
     def _forget_if_done(self, row: Row[Any]) -> bool:
         """Delete a row that no longer stands for a call: it is older than REPLAY_TTL,
@@ -241,7 +278,7 @@ class Retry:
             or (row.usage_id is None and row.claim_stale)
         )
         if done:
-            db.session.execute(delete(Replay).where(Replay.id == row.id))
+            db.session.execute(_FORGET_ROW, {"p_id": row.id})
             db.session.commit()
         else:
             db.session.rollback()  # end the read, so the next one sees new commits
@@ -260,7 +297,7 @@ class Retry:
             time.sleep(pause)
             pause = min(pause * 2, 0.25)
             db.session.rollback()  # a new snapshot each time
-            row = self._row(Replay.id == replay_id)
+            row = db.session.execute(_BY_ID, {"p_app_id": self.app_id, "p_id": replay_id}).first()
             if row is None or self._forget_if_done(row):
                 return None
             if row.status != "pending":
@@ -273,7 +310,7 @@ class Retry:
             raise stream_key_used()
         stored = json.loads(plain)
         if not row.delivered and not caller_gone():
-            db.session.execute(update(Replay).where(Replay.id == row.id).values(delivered=True))
+            db.session.execute(_DELIVERED, {"p_id": row.id})
             db.session.commit()
         headers = {**stored["headers"], REPLAYED_HEADER: "true"}
         return Response(
@@ -285,18 +322,9 @@ class Retry:
     def on_reserved(self, usage_id: int) -> None:
         """In the reservation's transaction: tie the record to the call."""
         if self.claim_id is not None:
-            db.session.execute(
-                update(Replay).where(Replay.id == self.claim_id).values(usage_id=usage_id)
-            )
+            db.session.execute(_LINK, {"p_id": self.claim_id, "p_usage_id": usage_id})
         else:
-            db.session.execute(
-                insert(Replay).values(
-                    app_id=self.app_id,
-                    usage_id=usage_id,
-                    request_hash=self.request_hash,
-                    stream=self.stream,
-                )
-            )
+            db.session.execute(_RECORD, self._values(p_usage_id=usage_id))
 
     def keep(
         self,
@@ -318,29 +346,29 @@ class Retry:
             }
         ).encode()
         db.session.execute(
-            update(Replay)
-            .where(Replay.usage_id == usage_id)
-            .values(answer=seal(self.secret, envelope), delivered=delivered)
+            _KEEP,
+            {
+                "p_usage_id": usage_id,
+                "p_answer": seal(self.secret, envelope),
+                "p_delivered": delivered,
+            },
         )
 
     def forget(self, usage_id: int | None = None) -> None:
         """The call charged nothing (refused, or released): nothing to replay, and its
         key is free for the retry."""
         if self.claim_id is not None:
-            where = Replay.id == self.claim_id
+            db.session.execute(_FORGET_ROW, {"p_id": self.claim_id})
         elif usage_id is not None:
-            where = Replay.usage_id == usage_id
+            db.session.execute(_FORGET_CALL, {"p_usage_id": usage_id})
         else:
             return
-        db.session.execute(delete(Replay).where(where))
         db.session.commit()
 
 
 def forget_expired() -> int:
     """Delete what was kept for replays older than REPLAY_TTL (a sweep step)."""
-    rows = db.session.execute(
-        delete(Replay).where(Replay.created_at <= db_now() - REPLAY_TTL).returning(Replay.id)
-    ).all()
+    rows = db.session.execute(_EXPIRED.returning(_replays.c.id), {"p_ttl": REPLAY_TTL}).all()
     db.session.commit()
     return len(rows)
 

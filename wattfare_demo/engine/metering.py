@@ -200,8 +200,8 @@ def run(call: MeteredCall) -> Response:
         options=call.chat.options,
         limit_fields=call.chat.limit_fields,
     )
-    prompt_tokens = route.provider.prompt_tokens_upper_bound(chat)
     try:
+        prompt_tokens = route.provider.prompt_tokens_upper_bound(chat)
         reservation = grants.reserve(
             call.app.id,
             call.grant_token,

@@ -79,7 +79,7 @@ def _unsupported(param: str, message: str) -> ApiError:
 def _text_of(content: Any, where: str) -> str:
     if isinstance(content, str):
         return content
-    if isinstance(content, list):
+    if isinstance(content, list) and content:
         texts = []
         for i, part in enumerate(content):
             if isinstance(part, dict) and isinstance(part.get("text"), str):
@@ -89,7 +89,7 @@ def _text_of(content: Any, where: str) -> str:
             else:
                 raise invalid_request(f"{where}[{i}]", f"{where}[{i}] must be a text part.")
         return "".join(texts)
-    raise invalid_request(where, f"{where} must be a string or a list of text parts.")
+    raise invalid_request(where, f"{where} must be a string or a non-empty list of text parts.")
 
 
 def _parts(content: Any, where: str) -> str | list[dict[str, Any]]:
