@@ -34,7 +34,6 @@ def upgrade():
     )
     with op.batch_alter_table('replays', schema=None) as batch_op:
         batch_op.create_index('ix_replays_request', ['app_id', 'request_hash'], unique=False)
-        batch_op.create_index(batch_op.f('ix_replays_created_at'), ['created_at'], unique=False)
 
     # The ledger keeps only what was charged: keys, fingerprints and answers (which
     # held visitors' documents in plain text) move out, sealed, into replays.
@@ -53,7 +52,6 @@ def downgrade():
         batch_op.create_unique_constraint('app_idempotency_key', ['app_id', 'idempotency_key'])
 
     with op.batch_alter_table('replays', schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f('ix_replays_created_at'))
         batch_op.drop_index('ix_replays_request')
 
     op.drop_table('replays')

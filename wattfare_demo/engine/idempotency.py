@@ -5,8 +5,9 @@ again* when it comes for the same app, grant, endpoint and body (JSON compared b
 within REPLAY_TTL (30 minutes) of the first, and
 
 1. it carries the first call's `Idempotency-Key`; or, with no key,
-2. the first is still running, and began at least a second before (calls made at the
-   same moment are parallel calls, not retries) or this one says it is a retry (see 4):
+2. the first is still running, and began at least PARALLEL_SECONDS (10 s) before
+   (identical calls made within moments are parallel calls, not retries) or this one
+   says it is a retry (see 4):
    the retry waits for it (up to WATTFARE_RETRY_WAIT seconds) and then is decided by 3
    and 4; or
 3. the first finished, but its caller had already hung up (a client timeout), so its
@@ -64,10 +65,11 @@ RETRY_MARKER = "x-stainless-retry-count"
 REPLAY_TTL = 30 * 60
 # A key claimed this long ago with no reservation belongs to a worker that died.
 CLAIM_TTL = 60
-# An unmarked identical call counts as a retry of a running one only once that one is
-# this many database-clock seconds old (at least one whole second): a retry follows a
-# client timeout, a parallel call (a batch, a load test) comes at the same moment.
-PARALLEL_SECONDS = 2
+# An unmarked identical call counts as a retry of a running one only once that one has
+# run this many seconds (by the database clock): a retry follows a client timeout,
+# which no client sets shorter; parallel identical calls (a batch, a load test, a queue
+# under load) come within moments of each other and run side by side.
+PARALLEL_SECONDS = 10
 # Printable ASCII without spaces, e.g. UUIDs, ULIDs, hashes.
 _KEY = re.compile(r"[\x21-\x7e]{1,255}")
 
@@ -280,8 +282,6 @@ class Retry:
         if done:
             db.session.execute(_FORGET_ROW, {"p_id": row.id})
             db.session.commit()
-        else:
-            db.session.rollback()  # end the read, so the next one sees new commits
         return done
 
     def _wait_for(self, replay_id: int) -> Row[Any] | None:
@@ -294,9 +294,9 @@ class Retry:
             # Another thread or worker is running the call: poll its ledger row. (A
             # notification would need a channel every backend has; this wait is rare and
             # bounded.)
+            db.session.rollback()  # hold no connection (nor snapshot) while asleep
             time.sleep(pause)
             pause = min(pause * 2, 0.25)
-            db.session.rollback()  # a new snapshot each time
             row = db.session.execute(_BY_ID, {"p_app_id": self.app_id, "p_id": replay_id}).first()
             if row is None or self._forget_if_done(row):
                 return None
