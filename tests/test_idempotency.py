@@ -496,8 +496,10 @@ def test_a_call_marked_as_a_retry_gets_the_latest_answer(
     client, make_grant, api_headers, upstream, ledger
 ):
     """openai-python marks its retries; the engine may not have seen the caller leave
-    (a proxy kept the connection), so the mark alone makes it the same call."""
+    (a proxy kept the connection), so the mark alone makes it the same call. The first
+    call is slow, as one a client timed out on is."""
     headers = api_headers(make_grant(3))
+    upstream.respond(Reply(delay=idempotency.SLOW_CALL_SECONDS))
     first = post(client, headers, None, fake_body())
     retried = post(client, {**headers, "x-stainless-retry-count": "1"}, None, fake_body())
     assert retried.headers["Idempotent-Replayed"] == "true"
@@ -529,3 +531,15 @@ def test_a_retry_still_waiting_gives_up_with_409(
         gate.set()
         assert first.result(10).status_code == 200
     assert ledger() == ([("ok", "request")], 1)
+
+
+def test_a_fast_delivered_answer_is_not_kept(app, client, make_grant, api_headers, ledger):
+    headers = api_headers(make_grant(2))
+    assert post(client, headers, None, chat_body()).status_code == 200
+    with app.app_context():
+        answer = db.session.scalar(select(Replay.answer))
+        db.session.remove()
+    assert answer is None  # nobody can retry it: not worth a write
+    marked = post(client, {**headers, "x-stainless-retry-count": "1"}, None, chat_body())
+    assert "Idempotent-Replayed" not in marked.headers
+    assert ledger()[1] == 2

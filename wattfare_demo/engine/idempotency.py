@@ -14,7 +14,11 @@ within REPLAY_TTL (30 minutes) of the first, and
    answer could not be delivered: the answer waits for the retry; or
 4. the call says it is a retry (`x-stainless-retry-count` >= 1, which the OpenAI SDKs
    send, and so LangChain, LiteLLM, pydantic-ai …) and the first is the latest call
-   with that grant and body.
+   with that grant and body, and its answer was kept: every answer of a call with a
+   key, and of a key-less call whose caller left, that ran SLOW_CALL_SECONDS or more, or
+   that was a retry itself. (A fast answer delivered and then lost on the way, a
+   connection reset, is not kept: only an Idempotency-Key, which the Python SDK always
+   sends, covers that.)
 
 The same call again gets the first call's answer (status, body, `x-wattfare-*` headers,
 plus `Idempotent-Replayed: true`) and the grant is not used again. Anything else is a
@@ -70,6 +74,10 @@ CLAIM_TTL = 60
 # which no client sets shorter; parallel identical calls (a batch, a load test, a queue
 # under load) come within moments of each other and run side by side.
 PARALLEL_SECONDS = 10
+# A key-less call's answer is kept only if a retry may come for it: its caller left, it
+# ran this long (no client times out sooner), or it was itself a retry. A fast answer
+# that was delivered is not kept: storing it would cost every call a write.
+SLOW_CALL_SECONDS = 1.0
 # Printable ASCII without spaces, e.g. UUIDs, ULIDs, hashes.
 _KEY = re.compile(r"[\x21-\x7e]{1,255}")
 
@@ -325,6 +333,15 @@ class Retry:
             db.session.execute(_LINK, {"p_id": self.claim_id, "p_usage_id": usage_id})
         else:
             db.session.execute(_RECORD, self._values(p_usage_id=usage_id))
+
+    def wants_answer(self, *, delivered: bool, seconds: float) -> bool:
+        """Whether a retry may come for this call's answer, so it is worth keeping."""
+        return (
+            self.key_hash is not None
+            or not delivered
+            or self.marked
+            or seconds >= SLOW_CALL_SECONDS
+        )
 
     def keep(
         self,

@@ -55,13 +55,6 @@ from .validation import ChatCall
 
 log = logging.getLogger(__name__)
 
-_CAPABILITY_FIELDS = {
-    "tools": "tools",
-    "response_format": "response_format",
-    "logprobs": "logprobs",
-}
-
-
 # --- what a route hands over ----------------------------------------------------------
 
 
@@ -229,15 +222,15 @@ def run(call: MeteredCall) -> Response:
 
 
 def _check_capabilities(route: ModelRoute, chat: ChatCall) -> None:
+    # A capability is named after the request field that asks for it (base.CAPABILITIES).
     missing = sorted(chat.needs - capabilities_of(route.provider))
     if missing:
         raise ApiError(
             400,
             "unsupported_parameter",
             f"Model {route.model!r} cannot honour {missing[0]}: it only writes text. Leave "
-            f"{_CAPABILITY_FIELDS[missing[0]]} out, or use a model of an upstream provider. "
-            "Nothing was charged.",
-            param=_CAPABILITY_FIELDS[missing[0]],
+            f"{missing[0]} out, or use a model of an upstream provider. Nothing was charged.",
+            param=missing[0],
         )
 
 
@@ -294,10 +287,15 @@ class _Lifecycle:
         # A caller that already hung up (a client timeout) cannot get this answer: it is
         # kept as undelivered, for its retry (idempotency.py, rule 3).
         delivered = not caller_gone()
+        wanted = self.call.retry.wants_answer(
+            delivered=delivered, seconds=time.perf_counter() - self.started
+        )
         headers: dict[str, str] = {}
 
         def keep(balance: grants.GrantBalance) -> None:
             headers.update(balance_headers(balance))
+            if not wanted:
+                return
             self.call.retry.keep(
                 self.reservation.usage_id,
                 status=200,
