@@ -46,3 +46,12 @@ control_socket_disable = True
 _SHM = "/dev/shm"  # noqa: S108
 if os.path.isdir(_SHM):
     worker_tmp_dir = _SHM
+
+
+def post_worker_init(worker) -> None:
+    """Each worker sweeps on a background thread (wattfare_demo/engine/sweep.py): stale
+    holds are released and what was kept to replay answers is deleted within the hour,
+    with no process or scheduler to set up. Several workers and hosts sweeping is safe."""
+    from wattfare_demo.engine.sweep import start_background
+
+    start_background(worker.wsgi)

@@ -105,6 +105,35 @@ def upstream_config(upstream: FakeUpstream) -> dict[str, Any]:
 
 
 @pytest.fixture
+def ledger(app: Flask):
+    """ledger() -> ([(status, kept)] per call by id, used requests of all grants).
+
+    `kept` says what the engine keeps to recognise the call's retries: "key" (its
+    Idempotency-Key's hash), "request" (a key-less call's request hash), or None.
+    """
+    from sqlalchemy import func, select
+
+    from wattfare_demo.engine.models import Grant, Replay, Usage
+
+    def read() -> tuple[list[tuple[str, str | None]], int]:
+        with app.app_context():
+            rows = db.session.execute(
+                select(Usage.status, Replay.id, Replay.key_hash)
+                .outerjoin(Replay, Replay.usage_id == Usage.id)
+                .order_by(Usage.id)
+            ).all()
+            used = db.session.scalar(select(func.coalesce(func.sum(Grant.used), 0)))
+            db.session.remove()
+        calls = [
+            (status, None if replay is None else ("key" if key_hash else "request"))
+            for status, replay, key_hash in rows
+        ]
+        return calls, int(used)
+
+    return read
+
+
+@pytest.fixture
 def client(app: Flask) -> FlaskClient:
     return app.test_client()
 

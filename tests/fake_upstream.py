@@ -12,6 +12,10 @@ Each request takes the next behaviour queued with `respond()`, or `upstream.defa
 Content-Length for JSON and chunked encoding for streams, like a real upstream, and
 records every request it receives in `upstream.requests`.
 
+`Model()` answers like a model that follows the request (tool calls when it has tools,
+JSON when asked for a schema, logprobs when asked, plain or streamed as asked): the
+compatibility tests put real client packages in front of it.
+
 A behaviour is any object with `serve(request: RecordedRequest, out: Out)`: subclass
 `Behaviour` (or write a small class) to inject a fault the ones below do not cover.
 `Out` has the primitives: send_json, send_raw, start_stream / event / comment /
@@ -21,6 +25,7 @@ end_stream, reset (a TCP RST), sleep and wait (both cut short when the server st
 from __future__ import annotations
 
 import json
+import re
 import socket
 import struct
 import sys
@@ -84,17 +89,25 @@ class Out:
         return True
 
     def send_raw(
-        self, status: int, body: bytes, content_type: str = "text/plain; charset=utf-8"
+        self,
+        status: int,
+        body: bytes,
+        content_type: str = "text/plain; charset=utf-8",
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         h = self._handler
         h.send_response(status)
         h.send_header("Content-Type", content_type)
+        for name, value in (headers or {}).items():
+            h.send_header(name, value)
         h.send_header("Content-Length", str(len(body)))
         h.end_headers()
         h.wfile.write(body)
 
-    def send_json(self, status: int, payload: Any) -> None:
-        self.send_raw(status, json.dumps(payload).encode(), "application/json")
+    def send_json(
+        self, status: int, payload: Any, headers: Mapping[str, str] | None = None
+    ) -> None:
+        self.send_raw(status, json.dumps(payload).encode(), "application/json", headers)
 
     def start_stream(self, status: int = 200) -> None:
         h = self._handler
@@ -128,6 +141,13 @@ class Out:
         raise _Stop
 
 
+def _text(content: Any) -> str:
+    """A message's text: a string, or its text parts joined."""
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return content if isinstance(content, str) else ""
+
+
 def _echo(request: RecordedRequest) -> str:
     messages = (request.json or {}).get("messages") or [{}]
     content = messages[-1].get("content")
@@ -154,15 +174,48 @@ class Behaviour:
         raise NotImplementedError
 
 
+def logprobs_of(text: str) -> dict[str, Any]:
+    """Chat-completions logprobs for a text, one entry per word: what OpenAI sends."""
+    tokens = [t for t in text.split(" ") if t] or [text]
+    return {
+        "content": [
+            {
+                "token": token,
+                "logprob": -0.25,
+                "bytes": list(token.encode()),
+                "top_logprobs": [{"token": token, "logprob": -0.25, "bytes": list(token.encode())}],
+            }
+            for token in tokens
+        ],
+        "refusal": None,
+    }
+
+
 @dataclass(kw_only=True)
 class Reply(Behaviour):
-    """A normal chat completion. text=None echoes the last message; usage=None omits it."""
+    """A normal chat completion. text=None echoes the last message; usage=None omits it.
+
+    `tool_calls` (OpenAI's shape, without `index`), `logprobs` and `refusal` are put in
+    the message and choice as OpenAI does.
+    """
 
     text: str | None = None
     usage: tuple[int, int] | None = (12, 5)  # (prompt_tokens, completion_tokens)
     finish_reason: str | None = "stop"
+    tool_calls: Sequence[Mapping[str, Any]] | None = None
+    logprobs: Mapping[str, Any] | None = None
+    refusal: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)  # top-level fields
 
     def answer(self, request: RecordedRequest, out: Out) -> None:
+        message: dict[str, Any] = {
+            "role": "assistant",
+            "content": _echo(request) if self.text is None else self.text,
+        }
+        if self.refusal is not None:
+            message["refusal"] = self.refusal
+        if self.tool_calls is not None:
+            message["tool_calls"] = [dict(call) for call in self.tool_calls]
         body: dict[str, Any] = {
             "id": "chatcmpl-fake",
             "object": "chat.completion",
@@ -171,13 +224,12 @@ class Reply(Behaviour):
             "choices": [
                 {
                     "index": 0,
-                    "message": {
-                        "role": "assistant",
-                        "content": _echo(request) if self.text is None else self.text,
-                    },
+                    "message": message,
                     "finish_reason": self.finish_reason,
+                    "logprobs": None if self.logprobs is None else dict(self.logprobs),
                 }
             ],
+            **self.extra,
         }
         if self.usage is not None:
             body["usage"] = _usage(self.usage)
@@ -209,18 +261,26 @@ class StreamReply(Behaviour):
     )
     comments: bool = True  # ": OPENROUTER PROCESSING" keep-alives before and between
     done: bool = True
+    # Streamed after the text as OpenAI does: per call, a delta with its index, id and
+    # name, then its arguments in `argument_pieces` pieces.
+    tool_calls: Sequence[Mapping[str, Any]] = ()
+    argument_pieces: int = 2
+    logprobs: bool = False  # logprobs on each content chunk
 
     def answer(self, request: RecordedRequest, out: Out) -> None:
         model = _model(request)
 
         def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> None:
+            choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": finish}
+            if self.logprobs and delta.get("content"):
+                choice["logprobs"] = logprobs_of(delta["content"])
             out.event(
                 {
                     "id": "chatcmpl-fake",
                     "object": "chat.completion.chunk",
                     "created": 0,
                     "model": model,
-                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+                    "choices": [choice],
                     "usage": None,
                     **extra,
                 }
@@ -247,6 +307,17 @@ class StreamReply(Behaviour):
             chunk({"content": self.chunks[i]})
             if self.comments and i == 0:
                 out.comment()
+        for index, call in enumerate(self.tool_calls):
+            function = call["function"]
+            head = {"index": index, "id": call["id"], "type": "function"}
+            chunk(
+                {"tool_calls": [{**head, "function": {"name": function["name"], "arguments": ""}}]}
+            )
+            arguments = function["arguments"]
+            step = max(1, -(-len(arguments) // self.argument_pieces))
+            for start in range(0, len(arguments), step):
+                piece = arguments[start : start + step]
+                chunk({"tool_calls": [{"index": index, "function": {"arguments": piece}}]})
         usage = _usage(self.usage) if self.usage is not None else None
         if self.finish_reason is not None:
             if self.usage_in_finish_chunk and usage:
@@ -277,10 +348,11 @@ class ErrorReply(Behaviour):
     message: str = "The server had an error while processing your request."
     type: str = "invalid_request_error"
     code: str | int | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)  # e.g. {"Retry-After": "7"}
 
     def answer(self, request: RecordedRequest, out: Out) -> None:
         error = {"message": self.message, "type": self.type, "param": None, "code": self.code}
-        out.send_json(self.status, {"error": error})
+        out.send_json(self.status, {"error": error}, self.headers)
 
 
 @dataclass(kw_only=True)
@@ -301,6 +373,119 @@ class Reset(Behaviour):
 
     def answer(self, request: RecordedRequest, out: Out) -> None:
         out.reset()
+
+
+def example_of(schema: Any) -> Any:
+    """A small value that fits a JSON schema: what a model asked for that schema writes."""
+    if not isinstance(schema, Mapping):
+        return None
+    if "const" in schema:
+        return schema["const"]
+    if schema.get("enum"):
+        return schema["enum"][0]
+    for key in ("anyOf", "oneOf", "allOf"):
+        if schema.get(key):
+            options = [o for o in schema[key] if isinstance(o, Mapping) and o.get("type") != "null"]
+            return example_of(options[0] if options else schema[key][0])
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    if kind == "object" or "properties" in schema:
+        properties = schema.get("properties") or {}
+        return {name: example_of(sub) for name, sub in properties.items()}
+    if kind == "array":
+        return [example_of(schema.get("items") or {"type": "string"})] * max(
+            1, schema.get("minItems", 1)
+        )
+    return {"string": "Paris", "integer": 3, "number": 1.5, "boolean": True, "null": None}.get(
+        kind, "Paris"
+    )
+
+
+@dataclass(kw_only=True)
+class Model(Behaviour):
+    """Answers like a model that does what the request asks, plain or streamed.
+
+    With tools (and tool_choice not "none"), unless the last message is a tool's result:
+    a call of the chosen (or first) tool with arguments that fit its schema,
+    finish_reason "tool_calls". With a json_schema response_format: JSON that fits it;
+    json_object: {"answer": "ok"}. Otherwise the text `text`, or "Tool said: …" after a
+    tool result. Logprobs when asked for. `delay` holds the answer (a slow model).
+    """
+
+    text: str = "Hello from the fake model"
+    usage: tuple[int, int] = (12, 5)
+    # Prompts already held back by a "[slow N once]" marker (see `serve`).
+    slowed: set[str] = field(default_factory=set)
+
+    def serve(self, request: RecordedRequest, out: Out) -> None:
+        """A last message with "[slow 1.5]" is answered 1.5 s late; "[slow 1.5 once]"
+        only the first time that message comes (a retry is then fast)."""
+        messages = (request.json or {}).get("messages") or [{}]
+        content = _text(messages[-1].get("content"))
+        marker = re.search(r"\[slow ([0-9.]+)( once)?\]", content)
+        if marker and not (marker.group(2) and content in self.slowed):
+            self.slowed.add(content)
+            out.sleep(float(marker.group(1)))
+        super().serve(request, out)
+
+    def answer(self, request: RecordedRequest, out: Out) -> None:
+        body = request.json or {}
+        messages = body.get("messages") or [{}]
+        calls = self._tool_calls(body, messages[-1])
+        content: str | None = None
+        if not calls:
+            content = self._content(body, messages[-1])
+        logprobs = bool(body.get("logprobs"))
+        if body.get("stream"):
+            StreamReply(
+                chunks=[content] if content else [],
+                usage=self.usage,
+                finish_reason="tool_calls" if calls else "stop",
+                tool_calls=calls,
+                logprobs=logprobs,
+                comments=False,
+            ).answer(request, out)
+            return
+        Reply(
+            text=content,
+            usage=self.usage,
+            finish_reason="tool_calls" if calls else "stop",
+            tool_calls=calls or None,
+            logprobs=logprobs_of(content or "") if logprobs else None,
+            extra={"system_fingerprint": "fp_fake"},
+        ).answer(request, out)
+
+    @staticmethod
+    def _tool_calls(body: Mapping[str, Any], last: Mapping[str, Any]) -> list[dict[str, Any]]:
+        tools = [t for t in body.get("tools") or [] if t.get("type") == "function"]
+        choice = body.get("tool_choice")
+        if not tools or choice == "none" or last.get("role") == "tool":
+            return []
+        tool = tools[0]
+        if isinstance(choice, Mapping):
+            wanted = (choice.get("function") or {}).get("name")
+            tool = next((t for t in tools if t["function"]["name"] == wanted), tool)
+        function = tool["function"]
+        arguments = example_of(function.get("parameters") or {"type": "object"})
+        return [
+            {
+                "id": "call_fake_1",
+                "type": "function",
+                "function": {"name": function["name"], "arguments": json.dumps(arguments)},
+            }
+        ]
+
+    def _content(self, body: Mapping[str, Any], last: Mapping[str, Any]) -> str:
+        response_format = body.get("response_format") or {}
+        if response_format.get("type") == "json_schema":
+            schema = (response_format.get("json_schema") or {}).get("schema") or {}
+            return json.dumps(example_of(schema))
+        if response_format.get("type") == "json_object":
+            return json.dumps({"answer": "ok"})
+        if last.get("role") == "tool":
+            return f"Tool said: {last.get('content')}"
+        return self.text
 
 
 class _Handler(BaseHTTPRequestHandler):

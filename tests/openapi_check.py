@@ -13,7 +13,8 @@ What is checked, from wattfare_demo/engine/openapi.json:
   schema (JSON Schema 2020-12, the OpenAPI 3.1 dialect, via `jsonschema`, with
   `contentSchema` asserted for JSON held in strings); a `text/event-stream` body is split
   into events, each validated against the media type's schema (which describes one
-  event, as OpenAPI 3.2's `itemSchema` does), and the last one must be `data: [DONE]`;
+  event, as OpenAPI 3.2's `itemSchema` does), and where the media type says
+  `x-last-data` (chat completions: `[DONE]`), the last event's data must be that;
 - every documented header: present when required, and its value valid (integers
   coerced from the header string first, as OpenAPI's `simple` style says).
 
@@ -258,11 +259,13 @@ def _check_events(
     media: dict[str, Any], media_pointer: str, raw: bytes
 ) -> tuple[list[Any], list[str]]:
     """Each event against the media type's schema (it describes one event); the stream
-    must end with `data: [DONE]`. Returns the decoded JSON `data` of the other events."""
+    must end with the media type's `x-last-data`, if it has one. Returns the decoded
+    JSON `data` of the other events."""
     events = sse_events(raw)
     problems: list[str] = []
-    if not events or events[-1].get("data") != "[DONE]":
-        problems.append("the stream does not end with data: [DONE]")
+    last = media.get("x-last-data")
+    if not events or (last is not None and events[-1].get("data") != last):
+        problems.append(f"the stream does not end with data: {last}")
     decoded: list[Any] = []
     for i, event in enumerate(events):
         if "schema" in media:

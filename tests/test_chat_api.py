@@ -259,3 +259,71 @@ def test_stale_hold_is_released(app, client, make_grant, api_headers):
         assert statuses == ["expired", "ok"]
         row = db.session.scalar(select(Grant))
         assert (row.used, row.reserved, row.held_pusd) == (1, 0, 0)
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+        ({"tool_choice": "required"}, "tools"),
+        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"logprobs": True}, "logprobs"),
+        ({"store": True}, "store"),
+        ({"service_tier": "flex"}, "service_tier"),
+        ({"provider": {"data_collection": "allow"}}, "provider"),
+        ({"logprobs": "yes"}, "logprobs"),
+        ({"tools": "all"}, "tools"),
+    ],
+)
+def test_what_the_local_model_or_the_engine_cannot_honour_is_400_and_free(
+    app, client, make_grant, api_headers, extra, param
+):
+    grant = make_grant(1)
+    response = chat(client, api_headers(grant), chat_body(**extra))
+    assert response.status_code == 400
+    assert response.get_json()["error"]["param"] == param
+    with app.app_context():
+        assert db.session.scalar(select(Usage.id)) is None
+    assert chat(client, api_headers(grant)).status_code == 200
+
+
+def test_an_unknown_api_path_names_the_endpoints(client):
+    response = client.post("/api/v1/completions", json={})
+    assert response.status_code == 404
+    message = response.get_json()["error"]["message"]
+    assert "There is no POST /api/v1/completions" in message
+    for endpoint in (
+        "POST /api/v1/chat/completions",
+        "POST /api/v1/responses",
+        "GET /api/v1/grant",
+    ):
+        assert endpoint in message
+
+
+def test_the_responses_api_on_the_local_model(client, make_grant, api_headers):
+    grant = make_grant(2, max_usd=0.5)
+    response = client.post(
+        "/api/v1/responses",
+        headers=api_headers(grant),
+        json={"model": "local/markdown", "input": "Convert this document to markdown: <h1>Hi</h1>"},
+    )
+    assert response.status_code == 200
+    body = response.get_json()
+    assert (body["object"], body["status"]) == ("response", "completed")
+    assert body["output"][0]["content"][0]["text"] == "# Hi"
+    assert response.headers["x-wattfare-grant-remaining"] == "1"
+    streamed = client.post(
+        "/api/v1/responses",
+        headers=api_headers(grant),
+        json={"model": "local/markdown", "input": "<h1>Hi</h1>", "stream": True},
+    )
+    events = [
+        json.loads(block.split("data: ", 1)[1])
+        for block in streamed.get_data(as_text=True).split("\n\n")
+        if block
+    ]
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    assert events[0]["type"] == "response.created" and events[-1]["type"] == "response.completed"
+    text = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
+    assert text == "# Hi"
+    assert events[-1]["wattfare"]["remaining"] == 0

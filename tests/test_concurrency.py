@@ -34,17 +34,22 @@ def race(url: str, headers: dict[str, str], body: dict, n: int) -> Counter:
 
 
 def race_each(url: str, each: list[dict[str, str]], body: dict) -> list[tuple[int, dict]]:
-    """One thread per headers in `each`, all calling at once; (status, JSON body) each."""
+    """One thread per headers in `each`, all calling at once; (status, JSON body) each.
+
+    Each call is distinct (an identical call still running would count as its retry and
+    wait for it): `user` is passed through, and costs no token on local/markdown."""
     barrier = threading.Barrier(len(each))
 
-    def one(headers: dict[str, str]) -> tuple[int, dict]:
+    def one(numbered: tuple[int, dict[str, str]]) -> tuple[int, dict]:
+        i, headers = numbered
+        distinct = {**body, "user": f"racer-{i}"}
         with httpx.Client(timeout=60) as client:
             barrier.wait()
-            response = client.post(f"{url}/api/v1/chat/completions", headers=headers, json=body)
+            response = client.post(f"{url}/api/v1/chat/completions", headers=headers, json=distinct)
             return response.status_code, response.json()
 
     with ThreadPoolExecutor(len(each)) as pool:
-        return list(pool.map(one, each))
+        return list(pool.map(one, enumerate(each)))
 
 
 def ledger(app) -> tuple[int, int, int, int, int]:

@@ -145,7 +145,8 @@ def test_a_failing_upstream_is_502_and_charges_nothing(
 
 
 def test_a_rate_limited_upstream_is_429(client: FlaskClient, make_grant, upstream) -> None:
-    upstream.respond(ErrorReply(status=429, message="slow down"))
+    # The SDK retries a 429 twice, after the upstream's Retry-After: fail all three.
+    upstream.respond(*[ErrorReply(status=429, headers={"Retry-After": "0"})] * 3)
 
     response = convert(client, make_grant())
 

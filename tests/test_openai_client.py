@@ -13,7 +13,6 @@ def openai_client(live_server, secret_key, make_grant):
             api_key=secret_key,
             base_url=f"{live_server.url}/api/v1",
             default_headers={"x-wattfare-grant": grant},
-            max_retries=0,
         )
 
     return make

@@ -24,6 +24,7 @@ from wattfare_demo.engine.providers.base import (
     ChatRequest,
     Completion,
     Delta,
+    Opened,
     ProviderError,
     StreamEnd,
     StreamEvent,
@@ -63,9 +64,21 @@ def provider(upstream: FakeUpstream) -> Iterator[OpenAICompatibleProvider]:
     p.close()
 
 
+def text(content: str, tokens: int) -> Delta:
+    """A text delta as the provider passes it on: the upstream's delta rides along."""
+    return Delta(content, tokens, delta={"content": content})
+
+
+def opened(events: Iterator[StreamEvent]) -> Iterator[StreamEvent]:
+    """The stream after its first event, which must say the upstream accepted the call."""
+    assert next(events) == Opened()
+    return events
+
+
 def drain(events: Iterator[StreamEvent]) -> tuple[list[Delta], list[StreamEnd]]:
     deltas: list[Delta] = []
     ends: list[StreamEnd] = []
+    events = opened(events)
     for event in events:
         assert not ends, "nothing may follow the StreamEnd"
         if isinstance(event, Delta):
@@ -73,6 +86,11 @@ def drain(events: Iterator[StreamEvent]) -> tuple[list[Delta], list[StreamEnd]]:
         else:
             ends.append(event)
     return deltas, ends
+
+
+def _prepend_opened(events: Iterator[StreamEvent]) -> Iterator[StreamEvent]:
+    yield Opened()
+    yield from events
 
 
 def provider_error(run: Callable[[], object]) -> ProviderError:
@@ -91,7 +109,11 @@ def test_complete_sends_the_request_and_reads_text_finish_and_usage(
     result = provider.complete(chat("Hello there", max_tokens=16, temperature=0.2, stop=["\n"]))
 
     assert result == Completion(
-        text="Hi!", finish_reason="stop", prompt_tokens=21, completion_tokens=3
+        text="Hi!",
+        finish_reason="stop",
+        prompt_tokens=21,
+        completion_tokens=3,
+        message={"role": "assistant", "content": "Hi!"},
     )
     sent = upstream.last
     assert (sent.method, sent.path) == ("POST", "/v1/chat/completions")
@@ -148,12 +170,12 @@ def test_options_cannot_override_what_the_engine_decides(
     [
         ("length", "length"),
         ("stop", "stop"),
-        ("content_filter", "stop"),
+        ("content_filter", "content_filter"),
         (None, "stop"),
-        ("tool_calls", "stop"),
+        ("tool_calls", "tool_calls"),
     ],
 )
-def test_finish_reason_is_length_or_stop(
+def test_finish_reason_is_passed_on_as_the_model_said_it(
     upstream: FakeUpstream,
     provider: OpenAICompatibleProvider,
     upstream_reason: str | None,
@@ -349,11 +371,11 @@ def test_stream_yields_each_delta_as_it_arrives(
     gate = threading.Event()
     upstream.respond(StreamReply(chunks=["first", " second"], gates={1: gate}))
     slow = OpenAICompatibleProvider(upstream.url, KEY, timeout=3)
-    events = slow.stream(chat())
+    events = opened(slow.stream(chat()))
     first = next(events)
-    assert first == Delta("first", 2)
+    assert first == text("first", 2)
     gate.set()
-    deltas, ends = drain(events)
+    deltas, ends = drain(_prepend_opened(events))
     assert [d.text for d in deltas] == [" second"]
     assert len(ends) == 1
     slow.close()
@@ -389,8 +411,8 @@ def test_stream_error_chunk_mid_stream(
     upstream: FakeUpstream, provider: OpenAICompatibleProvider
 ) -> None:
     upstream.respond(StreamReply(chunks=["one", "two", "three"], error_after=2))
-    events = provider.stream(chat())
-    assert [next(events), next(events)] == [Delta("one", 1), Delta("two", 2)]
+    events = opened(provider.stream(chat()))
+    assert [next(events), next(events)] == [text("one", 1), text("two", 2)]
     error = provider_error(lambda: next(events))
     assert (error.kind, error.status) == ("upstream_status", 502)
     assert error.message == "Provider disconnected unexpectedly"
@@ -401,8 +423,8 @@ def test_stream_connection_reset_mid_stream(
 ) -> None:
     gate = threading.Event()  # reset only once the test has the first delta
     upstream.respond(StreamReply(chunks=["one", "two"], gates={1: gate}, reset_after=1))
-    events = provider.stream(chat())
-    assert next(events) == Delta("one", 1)
+    events = opened(provider.stream(chat()))
+    assert next(events) == text("one", 1)
     gate.set()
     assert provider_error(lambda: next(events)).kind == "connection"
 
@@ -423,8 +445,8 @@ def test_a_slow_stream_is_fine_while_each_chunk_is_within_the_timeout(
     assert "".join(d.text for d in deltas) == "abcde" and len(ends) == 1
 
     upstream.respond(StreamReply(chunks=["a", "b"], interval=FAST + 0.5))
-    events = provider.stream(chat())
-    assert next(events) == Delta("a", 1)
+    events = opened(provider.stream(chat()))
+    assert next(events) == text("a", 1)
     assert provider_error(lambda: next(events)).kind == "timeout"
 
 
@@ -440,7 +462,7 @@ def test_stream_answered_as_plain_json_still_streams(
 ) -> None:
     upstream.respond(Reply(text="all at once", usage=(5, 3)))  # ignored stream=true
     deltas, ends = drain(provider.stream(chat()))
-    assert deltas == [Delta("all at once", 3)]
+    assert deltas == [text("all at once", 3)]
     assert ends == [StreamEnd("stop", 5, 3)]
 
 
@@ -448,7 +470,7 @@ def test_closing_the_stream_drops_the_upstream_connection(
     upstream: FakeUpstream, provider: OpenAICompatibleProvider
 ) -> None:
     upstream.respond(StreamReply(chunks=["x"] * 100, interval=0.02))
-    events = provider.stream(chat())
+    events = opened(provider.stream(chat()))
     next(events)
     events.close()  # what the engine's contextlib.closing does when its client leaves
     assert upstream.last.aborted.wait(3)
@@ -520,3 +542,84 @@ def test_close_closes_the_owned_client(upstream: FakeUpstream) -> None:
     p.close()
     with pytest.raises(RuntimeError):  # httpx refuses requests on a closed client
         p.complete(chat())
+
+
+# --- a faithful proxy -------------------------------------------------------------------
+
+CALL = {
+    "id": "call_1",
+    "type": "function",
+    "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+}
+
+
+def test_tool_calls_logprobs_and_refusals_come_back_as_the_upstream_sent_them(
+    upstream: FakeUpstream, provider: OpenAICompatibleProvider
+) -> None:
+    logprobs = {"content": [{"token": "x", "logprob": -0.1, "top_logprobs": []}]}
+    upstream.respond(
+        Reply(text=None, usage=(9, 7), finish_reason="tool_calls", tool_calls=[CALL]),
+        Reply(text="x", logprobs=logprobs, refusal="I cannot", extra={"system_fingerprint": "fp"}),
+    )
+    called = provider.complete(chat(tools=[{"type": "function"}]))
+    assert called.finish_reason == "tool_calls"
+    assert called.message["tool_calls"] == [CALL]
+    assert upstream.last.json["tools"] == [{"type": "function"}]
+    other = provider.complete(chat())
+    assert other.logprobs == logprobs
+    assert other.message["refusal"] == "I cannot"
+    assert other.extra == {"system_fingerprint": "fp"}
+
+
+def test_streamed_tool_call_deltas_are_passed_on_with_their_index(
+    upstream: FakeUpstream, provider: OpenAICompatibleProvider
+) -> None:
+    upstream.respond(StreamReply(chunks=[], tool_calls=[CALL], finish_reason="tool_calls"))
+    deltas, ends = drain(provider.stream(chat()))
+    calls = [call for d in deltas for call in d.delta["tool_calls"]]
+    assert calls[0] == {
+        "index": 0,
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": ""},
+    }
+    assert "".join(c["function"]["arguments"] for c in calls) == '{"city": "Paris"}'
+    assert ends[0].finish_reason == "tool_calls"
+    # The arguments are output the model wrote: they count for the running estimate.
+    assert deltas[-1].completion_tokens == math.ceil((len("get_weather") + 17) / 3)
+
+
+def test_the_output_limit_goes_out_in_the_field_the_caller_or_the_upstream_uses(
+    upstream: FakeUpstream,
+) -> None:
+    sent = ChatRequest(
+        model="m",
+        messages=[{"role": "user", "content": "Hi"}],
+        max_tokens=20,
+        limit_fields=("max_completion_tokens",),
+    )
+    none_sent = ChatRequest(model="m", messages=[{"role": "user", "content": "Hi"}], max_tokens=20)
+    for base, request, expected in [
+        (upstream.url, sent, {"max_completion_tokens": 20}),
+        (upstream.url, none_sent, {"max_tokens": 20}),
+    ]:
+        p = OpenAICompatibleProvider(base, KEY, timeout=FAST)
+        p.complete(request)
+        p.close()
+        limits = {k: v for k, v in upstream.last.json.items() if k.startswith("max_")}
+        assert limits == expected
+    # OpenAI's own API refuses max_tokens for its reasoning models.
+    assert OpenAICompatibleProvider("https://api.openai.com/v1", KEY).limit_field == (
+        "max_completion_tokens"
+    )
+    assert OpenAICompatibleProvider("https://openrouter.ai/api/v1", KEY).limit_field == (
+        "max_tokens"
+    )
+
+
+def test_a_rate_limit_keeps_the_upstreams_retry_after(
+    upstream: FakeUpstream, provider: OpenAICompatibleProvider
+) -> None:
+    upstream.respond(ErrorReply(status=429, headers={"Retry-After": "12"}))
+    error = provider_error(lambda: provider.complete(chat()))
+    assert (error.kind, error.retry_after) == ("upstream_rate_limited", "12")

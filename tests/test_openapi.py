@@ -20,7 +20,7 @@ from flask.testing import FlaskClient
 from openapi_spec_validator import validate
 from sqlalchemy import select, update
 
-from tests.fake_upstream import ErrorReply, FakeUpstream, Reply, StreamReply
+from tests.fake_upstream import ErrorReply, FakeUpstream, Model, Reply, StreamReply
 from tests.helpers import chat_body, mint_session
 from tests.openapi_check import ContractError, check_response, documented_statuses, spec
 from wattfare_demo import create_app
@@ -29,6 +29,13 @@ from wattfare_demo.engine.models import Grant
 from wattfare_demo.extensions import db
 
 UPSTREAM_MODEL = "fake/model"
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    },
+}
 TOO_BIG = b"{" + b" " * (4 * 1024 * 1024) + b"}"  # just over MAX_CONTENT_LENGTH
 
 
@@ -229,6 +236,53 @@ def exercise_chat(api: Api, app: Flask) -> None:
     assert reasons == {"unknown", "exhausted", "over_cap", "revoked", "expired"}
 
 
+def exercise_responses(api: Api, app: Flask) -> None:
+    url = "/api/v1/responses"
+    grant = api.grant(20)
+    body = {"model": "local/markdown", "input": "Convert this document to markdown: <h1>Hi</h1>"}
+    api.call(200, "POST", url, json=body, headers=api.keys(grant))
+    api.call(200, "POST", url, json={**body, "stream": True}, headers=api.keys(grant))
+    api.call(200, "POST", url, json={**body, "max_output_tokens": 1}, headers=api.keys(grant))
+    doc = "<p>" + "word " * 200 + "</p>"
+    probe = api.call(
+        200,
+        "POST",
+        url,
+        json={**body, "input": doc, "max_output_tokens": 1},
+        headers=api.keys(grant),
+    ).get_json()
+    cap = (probe["usage"]["input_tokens"] + 2 * 9) / 1_000_000
+    capped = api.grant(2, cap)
+    api.call(
+        200, "POST", url, json={**body, "input": doc, "stream": True}, headers=api.keys(capped)
+    )
+    key = {"Idempotency-Key": str(uuid.uuid4())}
+    api.call(200, "POST", url, json={**body, "stream": True}, headers=api.keys(grant, **key))
+    api.call(409, "POST", url, json={**body, "stream": True}, headers=api.keys(grant, **key))
+    api.call(422, "POST", url, json=body, headers=api.keys(grant, **key))
+    for bad in (
+        {"input": "hi"},
+        {**body, "store": True},
+        {**body, "previous_response_id": "resp_1"},
+        {**body, "tools": [{"type": "web_search"}]},
+        {**body, "tools": [{"type": "function", "name": "f"}]},  # the local model has none
+        {**body, "input": [{"type": "item_reference", "id": "msg_1"}]},
+        {**body, "unknown_field": 1},
+        {**body, "max_output_tokens": 0},
+    ):
+        api.call(400, "POST", url, json=bad, headers=api.keys(grant))
+    api.call(401, "POST", url, json=body, headers={"x-wattfare-grant": grant})
+    api.call(402, "POST", url, json=body, headers=api.keys("wfg_" + "0" * 36))
+    api.call(
+        413,
+        "POST",
+        url,
+        data=TOO_BIG,
+        headers=api.keys(grant) | {"Content-Type": "application/json"},
+    )
+    api.call(405, "GET", url)
+
+
 def exercise_grant_status_and_models(api: Api, app: Flask) -> None:
     grant = api.grant(2, max_usd=1)
     api.call(200, "GET", "/api/v1/grant", headers=api.keys(grant))
@@ -271,6 +325,29 @@ def exercise_upstream(api: Api, upstream: FakeUpstream) -> None:
     upstream.respond(StreamReply(error_after=1))
     stream = api.call(200, "POST", url, json={**body, "stream": True}, headers=api.keys(grant))
     assert b'"upstream_error"' in stream.get_data()
+    # What passes through: tool calls, logprobs, the finish reason, plain and streamed.
+    upstream.default = Model()
+    tools = {"tools": [WEATHER], "logprobs": True}
+    api.call(200, "POST", url, json={**body, **tools}, headers=api.keys(grant))
+    api.call(200, "POST", url, json={**body, **tools, "stream": True}, headers=api.keys(grant))
+    responses = "/api/v1/responses"
+    ask = {
+        "model": UPSTREAM_MODEL,
+        "input": "Weather?",
+        "tools": [{"type": "function", **WEATHER["function"]}],
+    }
+    api.call(200, "POST", responses, json=ask, headers=api.keys(grant))
+    api.call(200, "POST", responses, json={**ask, "stream": True}, headers=api.keys(grant))
+    upstream.respond(ErrorReply(status=429, headers={"Retry-After": "3"}))
+    limited = api.call(429, "POST", responses, json=ask, headers=api.keys(grant))
+    assert limited.headers["Retry-After"] == "3"
+    upstream.respond(StreamReply(error_after=1))
+    failed = api.call(200, "POST", responses, json={**ask, "stream": True}, headers=api.keys(grant))
+    assert b"event: error" in failed.get_data()
+    upstream.respond(ErrorReply(status=500))
+    api.call(502, "POST", responses, json=ask, headers=api.keys(grant))
+    upstream.respond(Model(delay=2.0))
+    api.call(504, "POST", responses, json=ask, headers=api.keys(grant))
     api.call(200, "GET", "/api/v1/models", headers={"Authorization": f"Bearer {api.secret_key}"})
 
 
@@ -280,6 +357,7 @@ def test_real_responses_match_the_document(
     api = Api(client, secret_key)
     exercise_grants(api, app)
     exercise_chat(api, app)
+    exercise_responses(api, app)
     exercise_grant_status_and_models(api, app)
     limited = make_app(
         RATELIMIT_ENABLED=True,

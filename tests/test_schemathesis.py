@@ -7,8 +7,8 @@ invalid request must be refused with a 4xx.
 
 About half the calls carry real credentials, so they get past 401: a fresh session JWT,
 the app's secret key and a fresh grant token (grants are made through the API itself).
-Half of the valid chat bodies name `local/markdown`, so some calls really run and are
-metered; the rest meet 400 model_not_found, 402 and so on, which are documented too.
+Half of the valid chat and responses bodies name `local/markdown`, so some calls really
+run and are metered; the rest meet 400 model_not_found, 402 and so on, which are documented too.
 
 Bounded for CI: FUZZ_EXAMPLES examples per operation and a fixed seed, well under a
 minute. For a longer, random hunt:
@@ -146,7 +146,7 @@ def test_api_keeps_to_its_document(case: Any, app: Flask, credentials: Credentia
         # Only on valid data: a changed negative case would no longer be invalid.
         and case.meta is not None
         and case.meta.generation.mode == "positive"
-        and case.path == "/chat/completions"
+        and case.path in ("/chat/completions", "/responses")
         and isinstance(case.body, dict)
         and isinstance(case.body.get("model"), str)
     ):
@@ -159,6 +159,11 @@ def test_fuzzing_got_past_authentication() -> None:
     """The real credentials worked: every authenticated operation answered 200 at times."""
     if not SEEN:
         pytest.skip("runs after test_api_keeps_to_its_document, in the same session")
-    for operation in [("POST", "/grants"), ("POST", "/chat/completions"), ("GET", "/grant")]:
+    for operation in [
+        ("POST", "/grants"),
+        ("POST", "/chat/completions"),
+        ("POST", "/responses"),
+        ("GET", "/grant"),
+    ]:
         assert 200 in SEEN[operation], (operation, SEEN[operation])
     assert 401 in SEEN[("GET", "/models")] and 200 in SEEN[("GET", "/models")]

@@ -15,11 +15,13 @@ import pytest
 from wattfare_demo.sdk import (
     Wattfare,
     WattfareAuthError,
+    WattfareConflictError,
     WattfareConnectionError,
     WattfareError,
     WattfareGrantError,
     WattfareInvalidRequestError,
     WattfareRateLimitError,
+    WattfareTimeoutError,
     WattfareUpstreamError,
     to_wattfare_error,
 )
@@ -149,7 +151,8 @@ def test_openai_errors_from_another_api_are_none(closed_port):
         (402, WattfareGrantError),
         (403, WattfareAuthError),
         (404, WattfareInvalidRequestError),
-        (409, WattfareInvalidRequestError),
+        (408, WattfareTimeoutError),
+        (409, WattfareConflictError),
         (422, WattfareInvalidRequestError),
         (429, WattfareRateLimitError),
         (500, WattfareUpstreamError),

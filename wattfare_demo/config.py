@@ -151,6 +151,10 @@ def load_settings(environ: Mapping[str, str], instance_path: str) -> dict[str, A
         "WATTFARE_PROXY_HOPS": _int(environ, "WATTFARE_PROXY_HOPS", 0),
         "WATTFARE_GRANT_TTL": int(environ.get("WATTFARE_GRANT_TTL", "600")),
         "WATTFARE_HOLD_TTL": int(environ.get("WATTFARE_HOLD_TTL", "900")),
+        # engine/sweep.py: each gunicorn worker sweeps this often (0: never).
+        "WATTFARE_SWEEP_INTERVAL": float(environ.get("WATTFARE_SWEEP_INTERVAL", "300")),
+        # idempotency.py: how long a retry waits for an identical call still running.
+        "WATTFARE_RETRY_WAIT": float(environ.get("WATTFARE_RETRY_WAIT", "30")),
         "WATTFARE_AUTO_APPROVE": _bool(environ.get("WATTFARE_AUTO_APPROVE")),
         **rate_limit_settings(environ),
         **converter_settings(environ),

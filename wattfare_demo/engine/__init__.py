@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from flask import Flask, Response, request
+from flask import Flask, Response, current_app, request
 from sqlalchemy import inspect
 from werkzeug.exceptions import HTTPException
 
@@ -52,9 +52,23 @@ def _limit_api_body() -> None:
 
 
 def _json_under_api(exc: HTTPException) -> Response | HTTPException:
-    if request.path.startswith(api.bp.url_prefix or "/api/v1"):
-        return http_error_response(exc)
-    return exc
+    prefix = api.bp.url_prefix or "/api/v1"
+    if not request.path.startswith(prefix):
+        return exc
+    if exc.code == 404 and exc.response is None:
+        # Name the endpoints there are: a client pointed at the wrong path (a Responses
+        # client at a chat-only proxy, a typo in a base URL) sees what to call instead.
+        endpoints = sorted(
+            f"{method} {rule.rule}"
+            for rule in current_app.url_map.iter_rules()
+            if rule.rule.startswith(prefix + "/")
+            for method in (rule.methods or ()) - {"HEAD", "OPTIONS"}
+        )
+        exc.description = (
+            f"There is no {request.method} {request.path}. The endpoints under {prefix} "
+            f"are: {', '.join(endpoints)}."
+        )
+    return http_error_response(exc)
 
 
 def ensure_configured_app(app: Flask, *, quiet_without_tables: bool = False) -> None:

@@ -1,32 +1,28 @@
-"""/api/v1: grants, the metered chat-completions proxy, grant status. Routes stay thin:
-validation is in validation.py, the accounting in grants.py, the calls in providers/.
+"""/api/v1: grants, the metered endpoints (chat completions, responses), grant status.
+
+Routes stay thin: parse (validation.py, responses.py) → `metering.run(call)` → the answer.
+The accounting is in grants.py, one call's lifecycle in metering.py, the calls in
+providers/, and how a retry is recognised in idempotency.py.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import secrets
-import time
-from collections.abc import Iterator
-from contextlib import closing
-from dataclasses import replace
 from decimal import Decimal
-from typing import Any
 
-from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
+from flask import Blueprint, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from ..request_log import note
-from . import grants, idempotency
+from . import grants, idempotency, metering, responses
 from .apps import app_for_secret_key, origin_allowed
-from .errors import ApiError, error_response, grant_invalid, http_error_response, invalid_request
+from .chat_completions import ChatCompletionsRenderer
+from .errors import ApiError, error_response, http_error_response, invalid_request
+from .metering import MeteredCall, registry
 from .models import App
-from .pricing import pusd_to_usd, usd_str
-from .providers import DEFAULT_MAX_TOKENS, ModelRoute, ProviderRegistry
-from .providers.base import ChatRequest, Completion, Delta, ProviderError
+from .pricing import pusd_to_usd
 from .sessions import check_within_session, verify_session
-from .validation import ChatCall, json_body, parse_chat_request, parse_grant_request
+from .validation import json_body, parse_chat_request, parse_grant_request
 
 log = logging.getLogger(__name__)
 bp = Blueprint("wattfare_api", __name__, url_prefix="/api/v1")
@@ -59,10 +55,6 @@ def limit_body() -> None:
             raise too_large
     elif len(request.get_data(cache=True)) > MAX_BODY_BYTES:
         raise too_large
-
-
-def registry() -> ProviderRegistry:
-    return current_app.extensions["wattfare_providers"]
 
 
 # --- authentication ------------------------------------------------------------------
@@ -100,13 +92,6 @@ def grant_token_header() -> str:
     if not token:
         raise invalid_request("x-wattfare-grant", "Send the grant token in x-wattfare-grant.")
     return token
-
-
-def balance_headers(balance: grants.GrantBalance) -> dict[str, str]:
-    headers = {"x-wattfare-grant-remaining": str(max(balance.remaining, 0))}
-    if balance.remaining_pusd is not None:
-        headers["x-wattfare-grant-remaining-usd"] = usd_str(max(balance.remaining_pusd, 0))
-    return headers
 
 
 def _outcome(value: str) -> None:
@@ -186,256 +171,26 @@ def list_models() -> Response:
     return jsonify(object="list", data=data)
 
 
-# --- chat completions -------------------------------------------------------------------
-
-
-def _elapsed_ms(started: float) -> int:
-    return int((time.perf_counter() - started) * 1000)
-
-
-def upstream_error(exc: ProviderError) -> ApiError:
-    if exc.kind == "upstream_rejected":
-        return ApiError(
-            400, "upstream_rejected", f"The model provider refused the request: {exc.message}"
-        )
-    if exc.kind == "upstream_rate_limited":
-        return ApiError(
-            429,
-            "upstream_rate_limited",
-            "The model provider is rate limiting; retry shortly. Nothing was charged.",
-            type="rate_limit_error",
-            headers={"Retry-After": "5"},
-        )
-    if exc.kind == "timeout":
-        return ApiError(
-            504,
-            "upstream_timeout",
-            "The model provider did not answer in time. Nothing was charged.",
-            type="api_error",
-        )
-    return ApiError(
-        502,
-        "upstream_error",
-        f"The model provider failed ({exc.kind}). Nothing was charged.",
-        type="api_error",
-    )
+# --- the metered endpoints ------------------------------------------------------------------
 
 
 @bp.post("/chat/completions")
 def chat_completions() -> Response:
-    started = time.perf_counter()
     app = authenticate_app()
     token = grant_token_header()
     payload = json_body()
-    call = parse_chat_request(payload)
-    idem = idempotency.from_request(app.id, token, payload)
-    if (replay := idem.replay()) is not None:
-        _outcome("replayed")
-        return replay
-    route = registry().route(call.model)
-    chat = ChatRequest(
-        model=route.model,
-        messages=call.messages,
-        max_tokens=call.max_tokens or DEFAULT_MAX_TOKENS,
-        options=call.options,
+    chat = parse_chat_request(payload)
+    retry = idempotency.from_request(app.id, token, payload, endpoint="chat", stream=chat.stream)
+    return metering.run(MeteredCall(app, token, chat, retry, ChatCompletionsRenderer(chat.model)))
+
+
+@bp.post("/responses", endpoint="responses")
+def create_response() -> Response:
+    app = authenticate_app()
+    token = grant_token_header()
+    payload = json_body()
+    chat, renderer = responses.parse(payload)
+    retry = idempotency.from_request(
+        app.id, token, payload, endpoint="responses", stream=chat.stream
     )
-    prompt_tokens = route.provider.prompt_tokens_upper_bound(chat)
-    with idem.claim():
-        reservation = grants.reserve(
-            app.id,
-            token,
-            model=route.model,
-            price=route.price,
-            prompt_tokens=prompt_tokens,
-            max_tokens=chat.max_tokens,
-            hold_ttl=current_app.config["WATTFARE_HOLD_TTL"],
-            stream=call.stream,
-            idempotency_key=idem.key,
-            request_fingerprint=idem.fingerprint,
-        )
-    chat = replace(chat, max_tokens=reservation.max_tokens)
-    if call.stream:
-        return _stream(call, route, chat, reservation, prompt_tokens, started)
-    try:
-        completion = route.provider.complete(chat)
-    except ProviderError as exc:
-        grants.release(reservation, error=exc.kind, duration_ms=_elapsed_ms(started))
-        _outcome(f"released:{exc.kind}")
-        raise upstream_error(exc) from None
-    except BaseException:
-        grants.release(reservation, error="internal", duration_ms=_elapsed_ms(started))
-        raise
-    response = jsonify(_completion_body(call, completion))
-    balance = grants.settle(
-        reservation,
-        prompt_tokens=completion.prompt_tokens,
-        completion_tokens=completion.completion_tokens,
-        price=route.price,
-        duration_ms=_elapsed_ms(started),
-        response_body=idem.stored(response),
-    )
-    _outcome("settled")
-    response.headers.update(balance_headers(balance))
-    idem.remember(reservation.usage_id, response)
-    return response
-
-
-def _completion_body(call: ChatCall, completion: Completion) -> dict[str, Any]:
-    return {
-        "id": f"chatcmpl-{secrets.token_hex(12)}",
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": call.model,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": completion.text},
-                "finish_reason": completion.finish_reason,
-                "logprobs": None,
-            }
-        ],
-        "usage": {
-            "prompt_tokens": completion.prompt_tokens,
-            "completion_tokens": completion.completion_tokens,
-            "total_tokens": completion.prompt_tokens + completion.completion_tokens,
-        },
-    }
-
-
-def _sse(payload: dict[str, Any] | str) -> str:
-    data = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
-    return f"data: {data}\n\n"
-
-
-def _stream(
-    call: ChatCall,
-    route: ModelRoute,
-    chat: ChatRequest,
-    reservation: grants.Reservation,
-    prompt_tokens: int,
-    started: float,
-) -> Response:
-    """Server-sent events in OpenAI's chunk format, settled when the stream ends.
-
-    Policy (README, "What a call costs"): a provider failure mid-stream charges
-    nothing; a client that goes away is charged for the tokens generated before it
-    left (the provider bills them); a stream that reaches the dollar cap ends with a
-    `grant_invalid` / `over_cap` error event after its usage chunk.
-    """
-    chunk_id = f"chatcmpl-{secrets.token_hex(12)}"
-    created = int(time.time())
-    capped = call.max_tokens is None or reservation.max_tokens < call.max_tokens
-    cap_limited = reservation.balance.remaining_pusd is not None and capped
-    # Upstream providers report an estimate while streaming (exact only at the end), so
-    # allow the estimate some slack; the charge is clamped to the hold in any case.
-    overrun_limit = reservation.max_tokens + reservation.max_tokens // 2 + 16
-
-    def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> str:
-        return _sse(
-            {
-                "id": chunk_id,
-                "object": "chat.completion.chunk",
-                "created": created,
-                "model": call.model,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
-            }
-        )
-
-    def events() -> Iterator[str]:
-        completion_tokens = 0
-        settled = False
-        called = False  # has the provider been asked (and so may bill)?
-        try:
-            yield chunk({"role": "assistant", "content": ""})
-            called = True
-            with closing(route.provider.stream(chat)) as upstream:
-                end = None
-                for event in upstream:
-                    if isinstance(event, Delta):
-                        if event.completion_tokens > overrun_limit:
-                            break  # the provider ignored max_tokens: cut what is unpaid
-                        completion_tokens = event.completion_tokens
-                        yield chunk({"content": event.text})
-                    else:
-                        end = event
-            finish = end.finish_reason if end else "length"
-            used_prompt = end.prompt_tokens if end else prompt_tokens
-            used_completion = end.completion_tokens if end else completion_tokens
-            balance = grants.settle(
-                reservation,
-                prompt_tokens=used_prompt,
-                completion_tokens=used_completion,
-                price=route.price,
-                duration_ms=_elapsed_ms(started),
-            )
-            settled = True
-            _outcome("settled:stream")
-            yield chunk({}, finish)
-            usage = {
-                "prompt_tokens": used_prompt,
-                "completion_tokens": used_completion,
-                "total_tokens": used_prompt + used_completion,
-            }
-            yield _sse(
-                {
-                    "id": chunk_id,
-                    "object": "chat.completion.chunk",
-                    "created": created,
-                    "model": call.model,
-                    "choices": [],
-                    "usage": usage,
-                    "wattfare": {
-                        "remaining": max(balance.remaining, 0),
-                        "remainingUsd": (
-                            None
-                            if balance.remaining_pusd is None
-                            else float(pusd_to_usd(max(balance.remaining_pusd, 0)))
-                        ),
-                    },
-                }
-            )
-            if finish == "length" and cap_limited:
-                yield _sse(grants_cap_error())
-            yield _sse("[DONE]")
-        except ProviderError as exc:
-            grants.release(reservation, error=exc.kind, duration_ms=_elapsed_ms(started))
-            settled = True
-            _outcome(f"released:{exc.kind}")
-            yield _sse(upstream_error(exc).body())
-            yield _sse("[DONE]")
-        except GeneratorExit:
-            if not settled and not called:
-                # Gone before the provider was called: nothing was generated.
-                grants.release(
-                    reservation, error="client_disconnected", duration_ms=_elapsed_ms(started)
-                )
-                _outcome("released:client_disconnected")
-            elif not settled:
-                # The client went away: charge what was generated, which the
-                # provider bills too.
-                grants.settle(
-                    reservation,
-                    prompt_tokens=prompt_tokens,
-                    completion_tokens=completion_tokens,
-                    price=route.price,
-                    duration_ms=_elapsed_ms(started),
-                    error="client_disconnected",
-                )
-                _outcome("settled:client_disconnected")
-                log.info("client left mid-stream: usage %s", reservation.usage_id)
-            raise
-        except BaseException:
-            if not settled:
-                grants.release(reservation, error="internal", duration_ms=_elapsed_ms(started))
-            raise
-
-    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    headers.update(balance_headers(reservation.balance))
-    _outcome("streaming")  # replaced by the final outcome when the stream ends
-    return Response(stream_with_context(events()), mimetype="text/event-stream", headers=headers)
-
-
-def grants_cap_error() -> dict[str, Any]:
-    error = grant_invalid("over_cap")
-    error.message = "The stream reached the grant's dollar cap and was cut."
-    return error.body()
+    return metering.run(MeteredCall(app, token, chat, retry, renderer))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import click
 from flask import Flask, current_app
 from flask.cli import AppGroup
@@ -9,7 +11,7 @@ from sqlalchemy import select
 
 from ..extensions import db
 from ..origins import normalise_origin
-from . import grants, idempotency
+from . import grants, sweep
 from .apps import (
     add_origin,
     budget_text,
@@ -125,14 +127,29 @@ def set_budget_command(app_id: str, usd: str) -> None:
 
 
 @group.command("sweep")
-def sweep_command() -> None:
-    """Release expired holds of calls that never finished (e.g. after a crash), forget
-    Idempotency-Keys (and their stored answers) older than 24 hours, forget the ids of
-    expired session tokens, and drop budget rows older than the budget's window."""
-    click.echo(f"Released {grants.release_stale()} stale hold(s).")
-    click.echo(f"Forgot {idempotency.forget_expired_keys()} idempotency key(s) older than 24 h.")
-    click.echo(f"Forgot {grants.forget_used_sessions()} used session id(s) past their expiry.")
-    click.echo(f"Dropped {grants.forget_old_spending()} hourly budget row(s) older than a day.")
+@click.option(
+    "--every",
+    type=click.FloatRange(min=1),
+    default=None,
+    help="Sweep again every this many seconds, until stopped (a process of its own).",
+)
+def sweep_command(every: float | None) -> None:
+    """Run the sweep's steps (engine/sweep.py): release holds of calls that never
+    finished, forget what was kept to replay answers once it is 30 minutes old, …
+
+    The Procfile's gunicorn workers already sweep every WATTFARE_SWEEP_INTERVAL seconds;
+    this is for a scheduler, by hand, or (with --every) a process of its own.
+    """
+    while True:
+        done = sweep.sweep()
+        if done is None:
+            click.echo("Another sweep is running; skipped.")
+        for step, count in done or ():
+            click.echo(step.says.format(count).capitalize() + ".")
+        db.session.remove()
+        if every is None:
+            return
+        time.sleep(every)
 
 
 def register(app: Flask) -> None:

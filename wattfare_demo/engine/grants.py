@@ -17,6 +17,7 @@ a call the budget refuses has been refused nothing by the grant, and reserves no
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy import (
@@ -255,8 +256,6 @@ _OPEN_USAGE = (
         hold_pusd=_hold,
         cost_pusd=0,
         hold_expires_at=db_now() + bindparam("p_hold_ttl", type_=BigInteger),
-        idempotency_key=bindparam("p_idempotency_key"),
-        request_fingerprint=bindparam("p_request_fingerprint"),
         budget_hour=bindparam("p_budget_hour", type_=BigInteger),
     )
     .returning(_usage.c.id)
@@ -272,7 +271,6 @@ _CLAIM_SETTLE = (
         error=bindparam("p_error"),
         finished_at=db_now(),
         duration_ms=bindparam("p_duration_ms"),
-        response_body=bindparam("p_response_body"),
     )
     .returning(_usage.c.id, _usage.c.app_id, _usage.c.budget_hour)
 )
@@ -322,10 +320,14 @@ def reserve(
     max_tokens: int,
     hold_ttl: int,
     stream: bool = False,
-    idempotency_key: str | None = None,
-    request_fingerprint: str | None = None,
+    on_reserved: Callable[[int], None] | None = None,
 ) -> Reservation:
-    """Reserve one request and the worst-case cost of the call, or raise 402."""
+    """Reserve one request and the worst-case cost of the call, or raise 402.
+
+    `on_reserved(usage_id)` runs in the reservation's transaction, before it commits:
+    the metering records there what it needs to recognise a retry of this call
+    (idempotency.py), so the record and the reservation exist together or not at all.
+    """
     if not grant_token_is_well_formed(token):
         raise grant_invalid("unknown")
     token_hash = sha256_hex(token)
@@ -361,10 +363,10 @@ def reserve(
                 p_stream=stream,
                 p_hold=hold,
                 p_hold_ttl=hold_ttl,
-                p_idempotency_key=idempotency_key,
-                p_request_fingerprint=request_fingerprint,
                 p_budget_hour=budget_hour,
             ).scalar_one()
+            if on_reserved is not None:
+                on_reserved(usage_id)
             db.session.commit()
             return Reservation(usage_id, row.id, hold, tokens, _balance(row), budget_hour)
         db.session.rollback()
@@ -435,9 +437,13 @@ def settle(
     price: Price,
     duration_ms: int,
     error: str | None = None,
-    response_body: str | None = None,
+    on_settled: Callable[[GrantBalance], None] | None = None,
 ) -> GrantBalance:
-    """Charge a successful call: one request and its real cost, never above its hold."""
+    """Charge a successful call: one request and its real cost, never above its hold.
+
+    `on_settled(balance)` runs in the charge's transaction, before it commits (the
+    metering keeps the sealed answer for a retry there); not when nothing was charged.
+    """
     cost = min(price.cost_pusd(prompt_tokens, completion_tokens), reservation.hold_pusd)
     claimed = _execute(
         _CLAIM_SETTLE,
@@ -447,7 +453,6 @@ def settle(
         p_cost=cost,
         p_error=error,
         p_duration_ms=duration_ms,
-        p_response_body=response_body,
     ).one_or_none()
     if claimed is None:
         # The sweeper released this hold (the call outlived WATTFARE_HOLD_TTL): the
@@ -466,8 +471,11 @@ def settle(
             p_hold=reservation.hold_pusd,
             p_cost=cost,
         )
+    balance = _balance(row)
+    if on_settled is not None:
+        on_settled(balance)
     db.session.commit()
-    return _balance(row)
+    return balance
 
 
 def release(reservation: Reservation, *, error: str, duration_ms: int) -> None:

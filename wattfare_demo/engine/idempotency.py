@@ -1,21 +1,42 @@
-"""`Idempotency-Key` on POST /api/v1/chat/completions: a retried call never runs twice.
+"""A retry is not a new call: Idempotency-Key, and the retries of clients that send none.
 
-Per app and key, for KEY_TTL (24 hours) from the first call:
+The rule (README, "What a call costs", says it to people). A call is the *same call
+again* when it comes for the same app, grant, endpoint and body (JSON compared by value)
+within REPLAY_TTL (30 minutes) of the first, and
 
-- A new key runs the call. Its ledger row (`usage`) keeps the key, a fingerprint of the
-  request and, settled in the same UPDATE as the charge, the response.
-- The same key and the same request replays the stored response (status, body and the
-  `x-wattfare-*` headers, plus `Idempotent-Replayed: true`); the grant is not used again.
-- The same key with another request (body or grant) is 422 `idempotency_key_reused`.
-- The same key while the first call still runs is 409 `idempotency_key_in_use`. Two
-  calls racing with a new key are decided by the unique (app_id, idempotency_key)
-  constraint, not by a read-then-write: the loser's ledger insert fails, its reservation
-  is rolled back with it, and it gets the 409.
-- A call that charged nothing (released after a provider failure, or a hold that expired)
-  frees its key, so a retry after a 5xx runs again. Keys older than 24 hours are freed.
-- Streams are not stored, so a key on a stream only guards against running it twice: while
-  it runs the same key is 409 `idempotency_key_in_use`, afterwards 409
-  `idempotency_key_used` (unless it charged nothing, which frees the key as above).
+1. it carries the first call's `Idempotency-Key`; or, with no key,
+2. the first is still running, and began at least PARALLEL_SECONDS (10 s) before
+   (identical calls made within moments are parallel calls, not retries) or this one
+   says it is a retry (see 4):
+   the retry waits for it (up to WATTFARE_RETRY_WAIT seconds) and then is decided by 3
+   and 4; or
+3. the first finished, but its caller had already hung up (a client timeout), so its
+   answer could not be delivered: the answer waits for the retry; or
+4. the call says it is a retry (`x-stainless-retry-count` >= 1, which the OpenAI SDKs
+   send, and so LangChain, LiteLLM, pydantic-ai …) and the first is the latest call
+   with that grant and body, and its answer was kept: every answer of a call with a
+   key, and of a key-less call whose caller left, that ran SLOW_CALL_SECONDS or more, or
+   that was a retry itself. (A fast answer delivered and then lost on the way, a
+   connection reset, is not kept: only an Idempotency-Key, which the Python SDK always
+   sends, covers that.)
+
+The same call again gets the first call's answer (status, body, `x-wattfare-*` headers,
+plus `Idempotent-Replayed: true`) and the grant is not used again. Anything else is a
+new call: two identical calls made one after another, each answered, are two calls. A
+call that charged nothing (a provider failure) is never replayed; its retry runs.
+
+With a key, as before: the same key with another body or grant is 422
+`idempotency_key_reused`; while the first still runs it is 409 `idempotency_key_in_use`
+with `Retry-After` (the SDKs retry it). Streams are never replayed (their answer went out
+as it was made): a keyed retry of a finished stream is 409 `idempotency_key_used`, and a
+key-less identical stream waits for a running one to end and then runs.
+
+What is kept, in `replays` (models.Replay), for REPLAY_TTL and then deleted by the sweep:
+hashes of the key and of the request, and the answer sealed (sealing.py) under a key
+derived from the grant token, the body and the Idempotency-Key, none of which the engine
+stores. Racing calls with one new key are decided by the unique (app_id, key_hash)
+constraint on a claim made *before* the reservation, in its own short transaction: a
+loser never holds the grant's row lock while it waits, so no lock cycle can form.
 """
 
 from __future__ import annotations
@@ -23,38 +44,61 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
+import time
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from flask import Response, request
-from sqlalchemy import Row, func, or_, select, update
+from flask import Response, current_app, request
+from sqlalchemy import BigInteger, Row, bindparam, select
 from sqlalchemy.exc import IntegrityError
 
 from ..extensions import db
 from . import grants
+from .caller import caller_gone
 from .clock import db_now
 from .errors import ApiError, invalid_request
-from .models import Usage
+from .models import Replay, Usage
+from .sealing import seal, unseal
 
 HEADER = "Idempotency-Key"
-KEY_TTL = 24 * 3600
 REPLAYED_HEADER = "Idempotent-Replayed"
-# Printable ASCII without spaces, and what the column holds: UUIDs, ULIDs, hashes, …
+# Sent by the OpenAI SDKs (Python and Node) on each retry: 1, 2, …
+RETRY_MARKER = "x-stainless-retry-count"
+# How long a call is remembered, to recognise its retries. The sweep deletes older rows.
+REPLAY_TTL = 30 * 60
+# A key claimed this long ago with no reservation belongs to a worker that died.
+CLAIM_TTL = 60
+# An unmarked identical call counts as a retry of a running one only once that one has
+# run this many seconds (by the database clock): a retry follows a client timeout,
+# which no client sets shorter; parallel identical calls (a batch, a load test, a queue
+# under load) come within moments of each other and run side by side.
+PARALLEL_SECONDS = 10
+# A key-less call's answer is kept only if a retry may come for it: its caller left, it
+# ran this long (no client times out sooner), or it was itself a retry. A fast answer
+# that was delivered is not kept: storing it would cost every call a write.
+SLOW_CALL_SECONDS = 1.0
+# Printable ASCII without spaces, e.g. UUIDs, ULIDs, hashes.
 _KEY = re.compile(r"[\x21-\x7e]{1,255}")
 
 
-def _conflict(code: str, message: str) -> ApiError:
-    return ApiError(409, code, message)
-
-
 def key_in_use() -> ApiError:
-    return _conflict(
+    return ApiError(
+        409,
         "idempotency_key_in_use",
         "A call with this Idempotency-Key is still running. Retry after it finishes to get "
         "its response.",
+        headers={"Retry-After": "1"},
+    )
+
+
+def call_in_progress() -> ApiError:
+    return ApiError(
+        409,
+        "call_in_progress",
+        "An identical call on this grant is still running; this one counts as its retry. "
+        "Retry in a moment to get its answer. Nothing more was charged.",
+        headers={"Retry-After": "2"},
     )
 
 
@@ -69,7 +113,8 @@ def key_reused() -> ApiError:
 
 
 def stream_key_used() -> ApiError:
-    return _conflict(
+    return ApiError(
+        409,
         "idempotency_key_used",
         "The streamed call with this Idempotency-Key already ran. Streams are not stored, so "
         "it cannot be replayed; send a new key to make a new call.",
@@ -81,188 +126,302 @@ def _number(value: Decimal) -> int | float:
     return int(value) if value == value.to_integral_value() else float(value)
 
 
-def fingerprint(grant_token: str, body: dict[str, Any]) -> str:
-    """SHA-256 of the canonical JSON of the grant and the request body."""
-    canonical = json.dumps(
-        {"body": body, "grant": grant_token},
-        sort_keys=True,
-        separators=(",", ":"),
-        ensure_ascii=False,
-        default=_number,
+def _canonical(**parts: Any) -> bytes:
+    return json.dumps(
+        parts, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_number
+    ).encode()
+
+
+def _sha256(*parts: bytes) -> str:
+    return hashlib.sha256(b"\0".join(parts)).hexdigest()
+
+
+def fingerprint(grant_token: str, body: dict[str, Any], endpoint: str = "chat") -> str:
+    """The stored hash that recognises a request: its endpoint, grant and body."""
+    return _sha256(b"request", _canonical(body=body, endpoint=endpoint, grant=grant_token))
+
+
+# Every call runs these, so they are built once with bind parameters (as grants.py's
+# are): building a statement per call costs more than running it.
+_replays = Replay.__table__
+_usage = Usage.__table__
+_ROW = (
+    select(
+        _replays.c.id,
+        _replays.c.usage_id,
+        _replays.c.request_hash,
+        _replays.c.stream,
+        _replays.c.answer,
+        _replays.c.delivered,
+        _usage.c.status,
+        _usage.c.grant_id,
+        (_usage.c.hold_expires_at < db_now()).label("hold_expired"),
+        (_replays.c.created_at <= db_now() - CLAIM_TTL).label("claim_stale"),
+        (_replays.c.created_at <= db_now() - REPLAY_TTL).label("stale"),
+        (_replays.c.created_at <= db_now() - PARALLEL_SECONDS).label("aged"),
     )
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    .select_from(_replays.outerjoin(_usage, _usage.c.id == _replays.c.usage_id))
+    .where(_replays.c.app_id == bindparam("p_app_id"))
+)
+_BY_KEY = _ROW.where(_replays.c.key_hash == bindparam("p_key_hash"))
+_BY_ID = _ROW.where(_replays.c.id == bindparam("p_id"))
+_LATEST = (
+    _ROW.where(
+        _replays.c.key_hash.is_(None),
+        _replays.c.request_hash == bindparam("p_request_hash"),
+        _replays.c.created_at > db_now() - REPLAY_TTL,
+    )
+    .order_by(_replays.c.id.desc())
+    .limit(1)
+)
+_RECORD = _replays.insert().values(
+    app_id=bindparam("p_app_id"),
+    key_hash=bindparam("p_key_hash"),
+    request_hash=bindparam("p_request_hash"),
+    stream=bindparam("p_stream"),
+    usage_id=bindparam("p_usage_id"),
+    delivered=False,
+    created_at=db_now(),
+)
+_CLAIM = _RECORD.returning(_replays.c.id)
+_LINK = (
+    _replays.update()
+    .where(_replays.c.id == bindparam("p_id"))
+    .values(usage_id=bindparam("p_usage_id"))
+)
+_KEEP = (
+    _replays.update()
+    .where(_replays.c.usage_id == bindparam("p_usage_id"))
+    .values(answer=bindparam("p_answer"), delivered=bindparam("p_delivered"))
+)
+_DELIVERED = _replays.update().where(_replays.c.id == bindparam("p_id")).values(delivered=True)
+_FORGET_ROW = _replays.delete().where(_replays.c.id == bindparam("p_id"))
+_FORGET_CALL = _replays.delete().where(_replays.c.usage_id == bindparam("p_usage_id"))
+_EXPIRED = _replays.delete().where(
+    _replays.c.created_at <= db_now() - bindparam("p_ttl", type_=BigInteger)
+)
 
 
-@dataclass(frozen=True)
-class Idempotency:
-    """The Idempotency-Key of one chat call; `key` is None when the caller sent none."""
+@dataclass
+class Retry:
+    """What recognises one call's retries; see the module docstring for the rule."""
 
     app_id: str
-    key: str | None
-    fingerprint: str | None
+    key_hash: str | None  # None: the caller sent no Idempotency-Key
+    request_hash: str
+    secret: bytes  # seals the answer; never stored
+    marked: bool  # the caller says this is a retry
+    stream: bool
+    wait: float  # seconds a retry waits for an identical call that is still running
+    claim_id: int | None = None
 
-    def replay(self) -> Response | None:
-        """The stored response for this key, or None to run the call; 409/422 raised."""
-        if self.key is None:
+    # --- before the reservation -----------------------------------------------------
+
+    def earlier_answer(self) -> Response | None:
+        """The answer to replay, or None to run the call (409/422 raised)."""
+        if self.key_hash is not None:
+            return self._keyed()
+        return self._keyless()
+
+    def _keyed(self) -> Response | None:
+        for _ in range(3):
+            try:
+                self.claim_id = db.session.execute(
+                    _CLAIM, self._values(p_key_hash=self.key_hash, p_usage_id=None)
+                ).scalar_one()
+                db.session.commit()
+                return None  # ours: run the call
+            except IntegrityError:
+                db.session.rollback()
+            row = db.session.execute(
+                _BY_KEY, {"p_app_id": self.app_id, "p_key_hash": self.key_hash}
+            ).first()
+            if row is None or self._forget_if_done(row):
+                continue  # the key is free again: claim it
+            if row.request_hash != self.request_hash:
+                raise key_reused()
+            if row.status != "ok":
+                raise key_in_use()  # claimed, or reserved and running
+            if row.stream or row.answer is None:
+                raise stream_key_used()
+            return self._replay(row)
+        raise key_in_use()
+
+    def _keyless(self) -> Response | None:
+        row = db.session.execute(
+            _LATEST, {"p_app_id": self.app_id, "p_request_hash": self.request_hash}
+        ).first()
+        if row is None or self._forget_if_done(row):
             return None
-        row = self._locked_row()
-        if row is not None and row.status == "pending" and row.hold_expired:
-            # The first call died mid-call (its hold outlived WATTFARE_HOLD_TTL): release
-            # it now rather than answer 409 until a sweep happens to run.
-            grants.release_stale(row.grant_id)
-            row = self._locked_row()
-        if row is not None and (row.stale or row.status in ("failed", "expired")):
-            self._free(row.id)
-            row = self._locked_row()
-        if row is None:
-            return None  # run the call; the lock is held until its reservation commits
-        if row.request_fingerprint != self.fingerprint:
-            raise key_reused()
         if row.status == "pending":
-            raise key_in_use()
-        if row.stream:
-            raise stream_key_used()
-        stored = json.loads(row.response_body)
-        # headers is null only between settle and `remember` (or if the worker died
-        # there): the body is what matters, so replay it without the balance headers.
-        headers = {**(stored["headers"] or {}), REPLAYED_HEADER: "true"}
-        return Response(
-            stored["body"], status=stored["status"], mimetype="application/json", headers=headers
-        )
-
-    @contextmanager
-    def claim(self) -> Iterator[None]:
-        """Around `grants.reserve`: a key taken by a racing call becomes 409 (or 422)."""
-        try:
-            yield
-        except IntegrityError:
-            db.session.rollback()  # the reservation goes with the failed insert
-            row = self._row() if self.key is not None else None
+            if not (self.marked or row.aged):
+                return None  # a parallel identical call, made at the same moment
+            row = self._wait_for(row.id)
             if row is None:
-                raise  # not our constraint: a real bug
-            if row.request_fingerprint != self.fingerprint:
-                raise key_reused() from None
-            raise key_in_use() from None
+                return None  # it ended charging nothing: run this one
+        if row.status != "ok" or row.stream or row.answer is None:
+            return None  # failed (charged nothing) or a stream: run it
+        if not row.delivered or self.marked:
+            return self._replay(row)
+        return None  # answered already: a new call
 
-    def stored(self, response: Response) -> str | None:
-        """What `grants.settle` keeps with the charge: the answer, so it can be replayed."""
-        if self.key is None:
-            return None
-        return _envelope(response, headers=None)
-
-    def remember(self, usage_id: int, response: Response) -> None:
-        """Add the balance headers, known only after settling, to the stored response."""
-        if self.key is None:
-            return
-        wattfare_headers = {
-            name: value
-            for name, value in response.headers.items()
-            if name.lower().startswith("x-wattfare-")
+    def _values(self, **more: Any) -> dict[str, Any]:
+        return {
+            "p_app_id": self.app_id,
+            "p_key_hash": None,
+            "p_request_hash": self.request_hash,
+            "p_stream": self.stream,
+            **more,
         }
-        db.session.execute(
-            update(Usage)
-            .where(Usage.id == usage_id)
-            .values(response_body=_envelope(response, headers=wattfare_headers)),
-            execution_options={"synchronize_session": False},
+
+    def _forget_if_done(self, row: Row[Any]) -> bool:
+        """Delete a row that no longer stands for a call: it is older than REPLAY_TTL,
+        its call charged nothing, its worker died holding it, or its claim never got a
+        reservation. True if deleted."""
+        status = row.status
+        if status == "pending" and row.hold_expired:
+            grants.release_stale(row.grant_id)  # the first call's worker died mid-call
+            status = "expired"
+        done = (
+            row.stale
+            or status in ("failed", "expired")
+            or (row.usage_id is None and row.claim_stale)
         )
+        if done:
+            db.session.execute(_FORGET_ROW, {"p_id": row.id})
+            db.session.commit()
+        return done
+
+    def _wait_for(self, replay_id: int) -> Row[Any] | None:
+        """The row once its call has ended, None if it ended charging nothing; 409
+        `call_in_progress` if it still runs after `wait` seconds (or our own caller left
+        meanwhile: nobody would read the answer)."""
+        deadline = time.monotonic() + self.wait
+        pause = 0.02
+        while time.monotonic() < deadline and not caller_gone():
+            # Another thread or worker is running the call: poll its ledger row. (A
+            # notification would need a channel every backend has; this wait is rare and
+            # bounded.)
+            db.session.rollback()  # hold no connection (nor snapshot) while asleep
+            time.sleep(pause)
+            pause = min(pause * 2, 0.25)
+            row = db.session.execute(_BY_ID, {"p_app_id": self.app_id, "p_id": replay_id}).first()
+            if row is None or self._forget_if_done(row):
+                return None
+            if row.status != "pending":
+                return row
+        raise call_in_progress()
+
+    def _replay(self, row: Row[Any]) -> Response:
+        plain = unseal(self.secret, row.answer)
+        if plain is None:  # cannot happen with a matching request hash; never run twice
+            raise stream_key_used()
+        stored = json.loads(plain)
+        if not row.delivered and not caller_gone():
+            db.session.execute(_DELIVERED, {"p_id": row.id})
+            db.session.commit()
+        headers = {**stored["headers"], REPLAYED_HEADER: "true"}
+        return Response(
+            stored["body"], status=stored["status"], mimetype=stored["mimetype"], headers=headers
+        )
+
+    # --- with the accounting ---------------------------------------------------------
+
+    def on_reserved(self, usage_id: int) -> None:
+        """In the reservation's transaction: tie the record to the call."""
+        if self.claim_id is not None:
+            db.session.execute(_LINK, {"p_id": self.claim_id, "p_usage_id": usage_id})
+        else:
+            db.session.execute(_RECORD, self._values(p_usage_id=usage_id))
+
+    def wants_answer(self, *, delivered: bool, seconds: float) -> bool:
+        """Whether a retry may come for this call's answer, so it is worth keeping."""
+        return (
+            self.key_hash is not None
+            or not delivered
+            or self.marked
+            or seconds >= SLOW_CALL_SECONDS
+        )
+
+    def keep(
+        self,
+        usage_id: int,
+        *,
+        status: int,
+        headers: dict[str, str],
+        body: bytes,
+        mimetype: str,
+        delivered: bool,
+    ) -> None:
+        """In the charge's transaction: the sealed answer, for a retry to replay."""
+        envelope = json.dumps(
+            {
+                "status": status,
+                "headers": headers,
+                "body": body.decode(),
+                "mimetype": mimetype,
+            }
+        ).encode()
+        db.session.execute(
+            _KEEP,
+            {
+                "p_usage_id": usage_id,
+                "p_answer": seal(self.secret, envelope),
+                "p_delivered": delivered,
+            },
+        )
+
+    def forget(self, usage_id: int | None = None) -> None:
+        """The call charged nothing (refused, or released): nothing to replay, and its
+        key is free for the retry."""
+        if self.claim_id is not None:
+            db.session.execute(_FORGET_ROW, {"p_id": self.claim_id})
+        elif usage_id is not None:
+            db.session.execute(_FORGET_CALL, {"p_usage_id": usage_id})
+        else:
+            return
         db.session.commit()
 
-    def _locked_row(self) -> Row[Any] | None:
-        """The key's row, read under a lock on the key that lasts until the next commit.
 
-        On PostgreSQL, calls racing with one new key queue on a transaction-scoped
-        advisory lock here, and the reservation (`grants.reserve`, which commits) is made
-        before the lock is released, so the next in line sees it and answers 409 without
-        touching the grant. Without the lock, a loser would insert the key while holding
-        the grant's row lock and wait on the winner's ledger row, just as the winner's
-        settle (ledger row, then grant) waits on the grant: a deadlock. SQLite runs one
-        writer at a time, so no lock is needed there; the unique constraint (`claim`)
-        remains the guarantee on both.
-        """
-        if db.session.get_bind().dialect.name == "postgresql":
-            digest = hashlib.sha256(f"{self.app_id}\0{self.key}".encode()).digest()
-            lock_id = int.from_bytes(digest[:8], "big", signed=True)
-            db.session.execute(select(func.pg_advisory_xact_lock(lock_id)))
-        return self._row()
-
-    def _row(self) -> Row[Any] | None:
-        return db.session.execute(
-            select(
-                Usage.id,
-                Usage.grant_id,
-                Usage.status,
-                Usage.stream,
-                Usage.request_fingerprint,
-                Usage.response_body,
-                (Usage.started_at <= db_now() - KEY_TTL).label("stale"),
-                (Usage.hold_expires_at < db_now()).label("hold_expired"),
-            ).where(Usage.app_id == self.app_id, Usage.idempotency_key == self.key)
-        ).one_or_none()
-
-    def _free(self, usage_id: int) -> None:
-        # Conditional, so a call that settles meanwhile keeps its key; the ledger row
-        # itself stays (it is the record of what was charged).
-        db.session.execute(
-            update(Usage)
-            .where(
-                Usage.id == usage_id,
-                or_(
-                    Usage.status.in_(("failed", "expired")),
-                    Usage.started_at <= db_now() - KEY_TTL,
-                ),
-            )
-            .values(idempotency_key=None, response_body=None),
-            execution_options={"synchronize_session": False},
-        )
-        db.session.commit()
-
-
-def forget_expired_keys() -> int:
-    """Drop keys older than KEY_TTL and the answers stored for them.
-
-    Past 24 hours a key may be used again and its answer is never replayed, so keeping
-    the model's output would only keep visitors' documents around. The ledger rows stay.
-    Run by `flask wattfare sweep`; returns how many keys were forgotten.
-    """
-    rows = db.session.execute(
-        update(Usage)
-        .where(Usage.idempotency_key.is_not(None), Usage.started_at <= db_now() - KEY_TTL)
-        .values(idempotency_key=None, response_body=None)
-        .returning(Usage.id),
-        execution_options={"synchronize_session": False},
-    ).all()
+def forget_expired() -> int:
+    """Delete what was kept for replays older than REPLAY_TTL (a sweep step)."""
+    rows = db.session.execute(_EXPIRED.returning(_replays.c.id), {"p_ttl": REPLAY_TTL}).all()
     db.session.commit()
     return len(rows)
 
 
-def _envelope(response: Response, *, headers: dict[str, str] | None) -> str:
-    return json.dumps(
-        {
-            "status": response.status_code,
-            "headers": headers,
-            "body": response.get_data(as_text=True),
-        }
-    )
+def _marked() -> bool:
+    value = request.headers.get(RETRY_MARKER, "")
+    return value.isdigit() and int(value) >= 1
 
 
-def from_request(app_id: str, grant_token: str, body: dict[str, Any]) -> Idempotency:
-    """The call's Idempotency-Key header, checked; 400 when it is malformed."""
+def from_request(
+    app_id: str, grant_token: str, body: dict[str, Any], *, endpoint: str, stream: bool
+) -> Retry:
+    """The call's retry record; 400 when its Idempotency-Key is malformed."""
     key = request.headers.get(HEADER)
-    if key is None:
-        return Idempotency(app_id, None, None)
-    if not _KEY.fullmatch(key):
+    if key is not None and not _KEY.fullmatch(key):
         raise invalid_request(
             HEADER, f"{HEADER} must be 1 to 255 printable ASCII characters, e.g. a UUID."
         )
-    return Idempotency(app_id, key, fingerprint(grant_token, body))
+    return Retry(
+        app_id=app_id,
+        key_hash=None if key is None else _sha256(b"key", app_id.encode(), key.encode()),
+        request_hash=fingerprint(grant_token, body, endpoint),
+        secret=_canonical(body=body, endpoint=endpoint, grant=grant_token, key=key),
+        marked=_marked(),
+        stream=stream,
+        wait=float(current_app.config.get("WATTFARE_RETRY_WAIT", 30)),
+    )
 
 
 __all__ = [
     "HEADER",
-    "KEY_TTL",
     "REPLAYED_HEADER",
-    "Idempotency",
+    "REPLAY_TTL",
+    "RETRY_MARKER",
+    "Retry",
     "fingerprint",
-    "forget_expired_keys",
+    "forget_expired",
     "from_request",
 ]

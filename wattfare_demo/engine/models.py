@@ -129,11 +129,6 @@ class Usage(db.Model):
     hold_expires_at: Mapped[int] = mapped_column(BigInteger)
     finished_at: Mapped[int | None] = mapped_column(BigInteger)
     duration_ms: Mapped[int | None] = mapped_column(Integer)
-    # Idempotent retries (Idempotency-Key header): the key, a fingerprint of the
-    # request body, and the stored response to replay for 24 hours.
-    idempotency_key: Mapped[str | None] = mapped_column(String(255))
-    request_fingerprint: Mapped[str | None] = mapped_column(String(64))
-    response_body: Mapped[str | None] = mapped_column(Text)
     # The AppSpend hour this call's hold was taken in; None when its app had no budget.
     budget_hour: Mapped[int | None] = mapped_column(BigInteger)
 
@@ -148,7 +143,6 @@ class Usage(db.Model):
             postgresql_where=text("status = 'pending'"),
             sqlite_where=text("status = 'pending'"),
         ),
-        UniqueConstraint("app_id", "idempotency_key", name="app_idempotency_key"),
         CheckConstraint("status IN ('pending', 'ok', 'failed', 'expired')", name="status"),
     )
 
@@ -184,3 +178,40 @@ class AppSpend(db.Model):
     held_pusd: Mapped[int] = mapped_column(BigInteger, default=0)
 
     __table_args__ = (CheckConstraint("spent_pusd >= 0 AND held_pusd >= 0", name="money_positive"),)
+
+
+class Replay(db.Model):
+    """What the engine keeps, for a while, to know a retried call and answer it again.
+
+    One row per metered call (idempotency.py): the Idempotency-Key and the request are
+    kept only as SHA-256 hashes, and the answer is sealed (AES-GCM) under a key derived
+    from what the caller sends again (grant token, body, key), which is never stored.
+    The sweep deletes rows older than idempotency.REPLAY_TTL (sweep.py). The ledger row
+    (`usage`) stays: it is the record of what was charged, and holds nothing of the
+    document.
+    """
+
+    __tablename__ = "replays"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    app_id: Mapped[str] = mapped_column(String(32))
+    # The call, once reserved: NULL only between an Idempotency-Key's claim and its
+    # reservation.
+    usage_id: Mapped[int | None] = mapped_column(
+        ForeignKey("usage.id", ondelete="CASCADE"), unique=True
+    )
+    key_hash: Mapped[str | None] = mapped_column(String(64))  # None: no Idempotency-Key
+    request_hash: Mapped[str] = mapped_column(String(64))
+    stream: Mapped[bool] = mapped_column(default=False)
+    answer: Mapped[str | None] = mapped_column(Text)  # sealed; None for streams
+    # Whether the answer reached a client still connected when it was sent.
+    delivered: Mapped[bool] = mapped_column(default=False)
+    # No index: the sweep's scan of 30 minutes of rows is cheaper than one more index
+    # write on every call.
+    created_at: Mapped[int] = mapped_column(BigInteger, default=db_now())
+
+    __table_args__ = (
+        # Decides a race between calls with one new key: the second claim fails.
+        UniqueConstraint("app_id", "key_hash", name="replay_key"),
+        Index("ix_replays_request", "app_id", "request_hash"),
+    )

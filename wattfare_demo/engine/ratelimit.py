@@ -5,6 +5,7 @@
     wattfare_api.create_grant      WATTFARE_RATE_LIMIT_GRANTS      10/minute    visitor
     wattfare_api.create_grant      WATTFARE_APP_RATE_LIMIT_GRANTS  600/minute   app (created)
     wattfare_api.chat_completions  WATTFARE_APP_RATE_LIMIT_CHAT    6000/minute  app (reserved)
+    wattfare_api.responses         WATTFARE_APP_RATE_LIMIT_CHAT    6000/minute  app (reserved)
     + the host app's own routes, passed to `init_rate_limits` (the demo's: demo_limits.py)
 
 A visitor is the client address as the trusted proxies report it (WATTFARE_PROXY_HOPS,
@@ -55,6 +56,7 @@ log = logging.getLogger(__name__)
 CONSENT_ENDPOINT = "wattfare_consent.consent"
 GRANTS_ENDPOINT = "wattfare_api.create_grant"
 CHAT_ENDPOINT = "wattfare_api.chat_completions"
+RESPONSES_ENDPOINT = "wattfare_api.responses"  # metered like chat, sharing its ceiling
 
 
 # --- whose allowance a request spends ----------------------------------------------------
@@ -190,6 +192,13 @@ LIMITS = (
     ),
     RouteLimit(
         CHAT_ENDPOINT,
+        "WATTFARE_APP_RATE_LIMIT_CHAT",
+        app_of_secret_key,
+        who="for this app",
+        counts=reserved_something,
+    ),
+    RouteLimit(
+        RESPONSES_ENDPOINT,
         "WATTFARE_APP_RATE_LIMIT_CHAT",
         app_of_secret_key,
         who="for this app",

@@ -2,6 +2,12 @@
 
 Bodies are parsed with `parse_float=Decimal` so money never passes through a float,
 and with NaN/Infinity refused, which Python's json module would otherwise accept.
+
+A chat request is passed upstream as it came, except for what the engine decides (the
+model, the output limit the grant pays for, streaming with usage, one choice) and the
+fields in SAFETY below, which would change who pays or where the conversation is kept:
+those are refused with a 400 that names them, or dropped, and README ("What a call
+costs") lists them.
 """
 
 from __future__ import annotations
@@ -14,23 +20,106 @@ from typing import Any
 
 from flask import request
 
-from .errors import invalid_request
+from .errors import ApiError, invalid_request
 from .pricing import usd_to_pusd
 
 MAX_GRANT_REQUESTS = 100
 MAX_MESSAGES = 256
 MAX_OUTPUT_TOKENS = 1_000_000
-ROLES = {"system", "developer", "user", "assistant", "tool"}
+ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
+LIMIT_FIELDS = ("max_tokens", "max_completion_tokens")
 # Chat fields the engine decides itself; everything else is passed to the provider.
-ENGINE_FIELDS = {
-    "model",
-    "messages",
-    "max_tokens",
-    "max_completion_tokens",
-    "stream",
-    "stream_options",
-    "n",
-}
+ENGINE_FIELDS = {"model", "messages", *LIMIT_FIELDS, "stream", "stream_options", "n"}
+
+
+@dataclass(frozen=True)
+class Safety:
+    """What the engine does with a field that changes who pays or where data is kept."""
+
+    field: str
+    allowed: tuple[Any, ...]  # values accepted (and then not sent upstream)
+    why: str
+
+
+# Accepted only with a harmless value, and never sent upstream; any other value is a 400.
+SAFETY = (
+    Safety(
+        "store",
+        (False, None),
+        "the engine never asks a provider to keep a conversation (store: true would "
+        "keep the visitor's document on the provider's servers)",
+    ),
+    Safety(
+        "service_tier",
+        ("auto", "default", None),
+        "a service tier changes the provider's price, while the grant is charged from "
+        "the engine's price table",
+    ),
+    Safety(
+        "metadata",
+        (),  # any value: dropped (it labels stored completions, and none are stored)
+        "",
+    ),
+    Safety(
+        "models",
+        (None,),
+        "fallback models would run (and bill) another model than the one metered",
+    ),
+    Safety("route", (None,), "fallback routing would run another model than the one metered"),
+    Safety("plugins", (None,), "plugins (web search, …) are billed apart from tokens"),
+    Safety("web_search_options", (None,), "web search is billed apart from tokens"),
+    Safety(
+        "provider", (None,), "provider preferences can allow data collection or change the price"
+    ),
+    Safety("audio", (None,), "audio output is priced apart from text tokens"),
+    Safety("prediction", (None,), "predicted outputs are billed beyond the output limit"),
+)
+_SAFETY = {rule.field: rule for rule in SAFETY}
+
+
+def _apply_safety(body: dict[str, Any]) -> set[str]:
+    """Refuse the unsafe values of SAFETY fields (400); return the fields to drop."""
+    dropped = set()
+    for name in body.keys() & _SAFETY.keys():
+        rule = _SAFETY[name]
+        value = body[name]
+        if rule.allowed and not any(
+            value is allowed or (isinstance(value, str) and value == allowed)
+            for allowed in rule.allowed
+        ):
+            raise ApiError(
+                400,
+                "unsupported_parameter",
+                f"{name}={json.dumps(_plain(value))[:60]} is not supported: {rule.why}. "
+                f"Leave {name} out.",
+                param=name,
+            )
+        dropped.add(name)
+    modalities = body.get("modalities")
+    if modalities is not None and modalities != ["text"]:
+        raise ApiError(
+            400,
+            "unsupported_parameter",
+            'Only modalities: ["text"] is supported: audio output is priced apart from '
+            "text tokens.",
+            param="modalities",
+        )
+    return dropped
+
+
+def needed_capabilities(body: dict[str, Any]) -> frozenset[str]:
+    """What of providers.base.CAPABILITIES a chat request needs of its model."""
+    needs = set()
+    tools = body.get("tools") or body.get("functions")
+    choice = body.get("tool_choice") or body.get("function_call")
+    if tools or (choice not in (None, "none", "auto")):
+        needs.add("tools")
+    response_format = body.get("response_format")
+    if isinstance(response_format, dict) and response_format.get("type") not in (None, "text"):
+        needs.add("response_format")
+    if body.get("logprobs") or body.get("top_logprobs"):
+        needs.add("logprobs")
+    return frozenset(needs)
 
 
 def _refuse_constant(name: str) -> Any:
@@ -125,9 +214,11 @@ def parse_grant_request(body: dict[str, Any], ceiling_usd: Decimal) -> GrantRequ
 class ChatCall:
     model: str
     messages: list[dict[str, Any]]
-    max_tokens: int | None
+    max_tokens: int | None  # the largest output limit the caller sent; None: none sent
     stream: bool
-    options: dict[str, Any]
+    options: dict[str, Any]  # passed upstream as they are
+    limit_fields: tuple[str, ...] = ()  # which of LIMIT_FIELDS the caller sent
+    needs: frozenset[str] = frozenset()  # capabilities the model must have
 
 
 def _content_part(part: Any) -> bool:
@@ -180,10 +271,15 @@ def parse_chat_request(body: dict[str, Any]) -> ChatCall:
     if not isinstance(model, str) or not model.strip():
         raise invalid_request("model", 'model is required, e.g. "local/markdown".')
     messages = _messages(body.get("messages"))
-    max_tokens = None
-    for field in ("max_completion_tokens", "max_tokens"):
-        if body.get(field) is not None:
-            max_tokens = _whole_number(body, field, 1, MAX_OUTPUT_TOKENS)
+    # Both limits may come (old clients send max_tokens, new ones max_completion_tokens):
+    # each goes upstream as sent (clamped to what the grant pays for), and the hold is
+    # priced from the larger, since an upstream may honour either.
+    limits = {
+        field: _whole_number(body, field, 1, MAX_OUTPUT_TOKENS)
+        for field in LIMIT_FIELDS
+        if body.get(field) is not None
+    }
+    max_tokens = max(limits.values()) if limits else None
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise invalid_request("stream", "stream must be true or false.")
@@ -192,5 +288,41 @@ def parse_chat_request(body: dict[str, Any]) -> ChatCall:
         raise invalid_request("stream_options", "stream_options must be an object.")
     if body.get("n") not in (None, 1):
         raise invalid_request("n", "Only n = 1 is supported: each choice would be a request.")
-    options = {k: _plain(v) for k, v in body.items() if k not in ENGINE_FIELDS}
-    return ChatCall(model.strip(), _plain(messages), max_tokens, stream, options)
+    _check_passed_through(body)
+    dropped = _apply_safety(body)
+    options = {k: _plain(v) for k, v in body.items() if k not in ENGINE_FIELDS and k not in dropped}
+    return ChatCall(
+        model.strip(),
+        _plain(messages),
+        max_tokens,
+        stream,
+        options,
+        limit_fields=tuple(limits),
+        needs=needed_capabilities(body),
+    )
+
+
+def _check_passed_through(body: dict[str, Any]) -> None:
+    """The shape of the passed-through fields the engine reads itself (to price the hold
+    and to check the model can honour them): a wrong one is the caller's 400, not a
+    500 here nor a charge for an upstream refusal."""
+    tools = body.get("tools")
+    if tools is not None and not (
+        isinstance(tools, list) and all(isinstance(t, dict) for t in tools)
+    ):
+        raise invalid_request("tools", "tools must be a list of tool objects.")
+    choice = body.get("tool_choice")
+    if choice is not None and not isinstance(choice, str | dict):
+        raise invalid_request(
+            "tool_choice",
+            'tool_choice must be "auto", "none", "required" or an object naming a function.',
+        )
+    response_format = body.get("response_format")
+    if response_format is not None and not (
+        isinstance(response_format, dict) and isinstance(response_format.get("type"), str)
+    ):
+        raise invalid_request("response_format", 'response_format must be an object with a "type".')
+    if body.get("logprobs") is not None and not isinstance(body["logprobs"], bool):
+        raise invalid_request("logprobs", "logprobs must be true or false.")
+    if body.get("top_logprobs") is not None:
+        _whole_number(body, "top_logprobs", 0, 20)

@@ -13,11 +13,13 @@ imports. Reference: docs/sdk.md.
 from .client import Wattfare
 from .errors import (
     WattfareAuthError,
+    WattfareConflictError,
     WattfareConnectionError,
     WattfareError,
     WattfareGrantError,
     WattfareInvalidRequestError,
     WattfareRateLimitError,
+    WattfareTimeoutError,
     WattfareUpstreamError,
     to_wattfare_error,
 )
@@ -31,6 +33,7 @@ __all__ = [
     "Usage",
     "Wattfare",
     "WattfareAuthError",
+    "WattfareConflictError",
     "WattfareConnectionError",
     "WattfareError",
     "WattfareGrant",
@@ -39,6 +42,7 @@ __all__ = [
     "WattfareModel",
     "WattfareRateLimitError",
     "WattfareSession",
+    "WattfareTimeoutError",
     "WattfareUpstreamError",
     "to_wattfare_error",
 ]

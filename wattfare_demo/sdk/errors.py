@@ -2,11 +2,13 @@
 
     WattfareError                      code, status, message, request_id, type, param
     ├── WattfareInvalidRequestError    400 and other 4xx: the request is wrong (`param`)
+    │   └── WattfareConflictError      409: the same call is still running (or its key was used)
     ├── WattfareAuthError              401/403, a missing secret key, an empty grant token
     ├── WattfareGrantError             402 grant_invalid: `reason` says why
     ├── WattfareRateLimitError         429: `retry_after` seconds, when the engine says
     ├── WattfareUpstreamError          5xx: the engine or the model provider failed
     └── WattfareConnectionError        the engine could not be reached, or hung up
+        └── WattfareTimeoutError       no answer in time (a client timeout, or a 408)
 
 `to_wattfare_error(exc)` turns our errors, httpx errors and `openai` package errors that
 came from a Wattfare API into one of these, and anything else into None, like
@@ -15,6 +17,8 @@ came from a Wattfare API into one of these, and anything else into None, like
 
 from __future__ import annotations
 
+import email.utils
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -54,6 +58,11 @@ class WattfareInvalidRequestError(WattfareError):
     pass
 
 
+class WattfareConflictError(WattfareInvalidRequestError):
+    """409: `idempotency_key_in_use` or `call_in_progress` (the same call is still
+    running: retried by the SDK), or `idempotency_key_used` (a stream ran under the key)."""
+
+
 class WattfareAuthError(WattfareError):
     pass
 
@@ -81,6 +90,11 @@ class WattfareConnectionError(WattfareError):
     pass
 
 
+class WattfareTimeoutError(WattfareConnectionError):
+    """No answer in time. The call may still be running (and be charged once): a retry
+    with the same Idempotency-Key gets its answer."""
+
+
 # Error `type`s of the JSON error shape, for errors that arrive without an HTTP status
 # (an error event that ends a stream).
 _BY_TYPE: dict[str, type[WattfareError]] = {
@@ -100,6 +114,10 @@ def _class_for(status: int | None, code: str, error_type: str | None) -> type[Wa
         return _BY_TYPE.get(error_type or "", WattfareError)
     if status in (401, 403):
         return WattfareAuthError
+    if status == 408:
+        return WattfareTimeoutError
+    if status == 409:
+        return WattfareConflictError
     if status == 429:
         return WattfareRateLimitError
     if status >= 500:
@@ -107,11 +125,24 @@ def _class_for(status: int | None, code: str, error_type: str | None) -> type[Wa
     return WattfareInvalidRequestError
 
 
-def _retry_after(headers: Mapping[str, str]) -> float | None:
+def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
+    """Seconds from `retry-after-ms` or `Retry-After` (seconds or an HTTP date)."""
     try:
-        return float(headers["retry-after"])
+        return float(headers["retry-after-ms"]) / 1000
     except (KeyError, ValueError):
+        pass
+    value = headers.get("retry-after")
+    if value is None:
         return None
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
 
 
 def error_from_body(
@@ -145,7 +176,7 @@ def error_from_body(
             message, reason=reason if isinstance(reason, str) else None, **common
         )
     if cls is WattfareRateLimitError:
-        return WattfareRateLimitError(message, retry_after=_retry_after(headers), **common)
+        return WattfareRateLimitError(message, retry_after=retry_after_seconds(headers), **common)
     return cls(message, **common)
 
 
@@ -166,10 +197,13 @@ def error_from_response(response: Any) -> WattfareError:
 
 
 def connection_error(exc: Exception) -> WattfareConnectionError:
-    timeout = isinstance(exc, httpx.TimeoutException) or "Timeout" in type(exc).__name__
+    if isinstance(exc, httpx.TimeoutException) or "Timeout" in type(exc).__name__:
+        return WattfareTimeoutError(
+            f"Wattfare did not answer in time: {exc or type(exc).__name__}", code="timeout"
+        )
     return WattfareConnectionError(
         f"The connection to Wattfare failed: {exc or type(exc).__name__}",
-        code="timeout" if timeout else "connection_error",
+        code="connection_error",
     )
 
 
@@ -216,11 +250,14 @@ def to_wattfare_error(exc: BaseException) -> WattfareError | None:
 
 __all__ = [
     "WattfareAuthError",
+    "WattfareConflictError",
     "WattfareConnectionError",
     "WattfareError",
     "WattfareGrantError",
     "WattfareInvalidRequestError",
     "WattfareRateLimitError",
+    "WattfareTimeoutError",
     "WattfareUpstreamError",
+    "retry_after_seconds",
     "to_wattfare_error",
 ]

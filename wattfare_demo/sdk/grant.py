@@ -250,9 +250,10 @@ class WattfareGrant:
         """The official `openai.OpenAI`, set up for this grant: base URL, key, grant header.
 
         Code built on it (LangChain's ChatOpenAI, pydantic-ai, …) then runs on the grant
-        unchanged; each completion uses one request. The client's own retries are off by
-        default, because it sends no Idempotency-Key: a retry after a lost answer could
-        be charged twice. `options` go to `openai.OpenAI` (max_retries=… to opt in).
+        unchanged; each completion uses one request. The client keeps its own retries
+        (openai's default, 2): the engine recognises them (`x-stainless-retry-count`, and
+        what it is still running), so a retry after a timeout is answered with the first
+        call's answer, not charged again. `options` go to `openai.OpenAI`.
         """
         try:
             import openai
@@ -264,7 +265,6 @@ class WattfareGrant:
         settings: dict[str, Any] = {
             "api_key": connection.secret_key,
             "base_url": connection.url,
-            "max_retries": 0,
             **options,
             "default_headers": {**options.get("default_headers", {}), GRANT_HEADER: self._token},
         }

@@ -6,12 +6,14 @@ Which engine, in order:
    own Flask app, which embeds the engine.
 3. Neither: the embedded engine, built on first use with `wattfare_demo.create_app()`.
 
-Retries: every call the SDK makes is safe to repeat (chat calls carry an Idempotency-Key
-that stays the same across attempts, so the engine replays instead of charging twice),
-so connection errors and 5xx answers are retried with exponential backoff and jitter.
-A 4xx is never retried: the request itself is wrong, and would be again. Nor is a read
-timeout: the engine is most likely still working on the call, and a retry would only be
-told 409 `idempotency_key_in_use`.
+Retries, as openai-python does them: every call the SDK makes is safe to repeat (chat
+calls carry an Idempotency-Key that stays the same across attempts, so the engine
+replays instead of charging twice), so a connection error, a timeout, and the answers
+408, 409 `idempotency_key_in_use` / `call_in_progress` (the same call is still running),
+429 and 5xx are retried, up to `max_retries` times. The wait is the answer's
+`Retry-After` (or `retry-after-ms`) when it gives one of at most MAX_RETRY_AFTER seconds,
+else exponential backoff with jitter. Any other 4xx is never retried: the request itself
+is wrong, and would be again.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Any
 
 import httpx
 
-from .errors import connection_error, error_from_response
+from .errors import connection_error, error_from_response, retry_after_seconds
 
 API_PATH = "/api/v1"
 # Any host does for WSGITransport, which never resolves it; this one says what it is.
@@ -34,6 +36,12 @@ DEFAULT_TIMEOUT = httpx.Timeout(120.0, connect=10.0)
 DEFAULT_MAX_RETRIES = 2
 BACKOFF_BASE = 0.5  # seconds before the first retry; doubles each time
 BACKOFF_MAX = 8.0
+# A longer Retry-After is not waited for in a request: backoff instead (openai-python's cap).
+MAX_RETRY_AFTER = 60.0
+RETRIED_STATUSES = frozenset({408, 409, 429})
+# 409s that mean "the same call is still running": retrying gets its answer. Others
+# (idempotency_key_used) would be the same again.
+RETRIED_CONFLICTS = frozenset({"idempotency_key_in_use", "call_in_progress"})
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
@@ -59,6 +67,30 @@ def backoff(attempt: int) -> float:
     delay = min(BACKOFF_MAX, BACKOFF_BASE * 2**attempt)
     # Jitter spreads the retries of many clients that failed together; not a secret.
     return delay / 2 + random.uniform(0, delay / 2)  # noqa: S311
+
+
+def retry_delay(attempt: int, response: httpx.Response | None) -> float:
+    """The answer's Retry-After when it is a sensible wait, else `backoff(attempt)`."""
+    if response is not None:
+        asked = retry_after_seconds(response.headers)
+        if asked is not None and 0 <= asked <= MAX_RETRY_AFTER:
+            return asked
+    return backoff(attempt)
+
+
+def should_retry(response: httpx.Response) -> bool:
+    """408, 429, 5xx, and a 409 that says the same call is still running."""
+    status = response.status_code
+    if status >= 500 or status in (408, 429):
+        return True
+    if status != 409:
+        return False
+    response.read()
+    try:
+        code = response.json()["error"]["code"]
+    except (ValueError, KeyError, TypeError):
+        return False
+    return code in RETRIED_CONFLICTS
 
 
 class Connection:
@@ -135,7 +167,8 @@ class Connection:
         """A 2xx response (opened but unread when `stream`), or the WattfareError raised.
 
         The same request (same headers, so the same Idempotency-Key) is sent again after
-        a connection error or a 5xx, up to `max_retries` times.
+        a connection error, a timeout or a retryable answer (module docstring), up to
+        `max_retries` times.
         """
         request = self.client.build_request(
             method, self.url + path, headers=self.headers(headers), json=json
@@ -143,20 +176,20 @@ class Connection:
         attempt = 0
         while True:
             retry = attempt < self.max_retries
+            failed: httpx.Response | None = None
             try:
                 response = self.client.send(request, stream=stream)
-            except httpx.ReadTimeout as exc:
-                raise connection_error(exc) from exc
-            except httpx.TransportError as exc:
+            except httpx.TransportError as exc:  # timeouts included
                 if not retry:
                     raise connection_error(exc) from exc
             else:
                 if response.is_success:
                     return response
-                if response.status_code < 500 or not retry:
+                if not retry or not should_retry(response):
                     response.read()
                     response.close()
                     raise error_from_response(response)
                 response.close()
-            time.sleep(backoff(attempt))
+                failed = response
+            time.sleep(retry_delay(attempt, failed))
             attempt += 1

@@ -133,6 +133,7 @@ class LocalMarkdownProvider:
     """The `Provider` for `local/markdown`. Stateless and thread-safe."""
 
     model_id = MODEL_ID
+    capabilities: frozenset[str] = frozenset()  # no tools, response_format or logprobs
 
     def __init__(self, chunk_tokens: int = 8) -> None:
         if chunk_tokens < 1:

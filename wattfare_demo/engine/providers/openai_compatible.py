@@ -9,12 +9,16 @@ failure becomes a `ProviderError` with a stable `kind`:
 - "upstream_rejected": 400/413/422, or a 404 about the model: the caller's request
   (e.g. an unknown model id) is at fault, so the engine can answer 400.
 - "upstream_auth": 401/403: our upstream key is wrong or lacks access.
-- "upstream_rate_limited": 429.
+- "upstream_rate_limited": 429 (its Retry-After is kept).
 - "upstream_status": any other non-2xx (5xx, 402 …), or an error the upstream reports
   inside a 200 (an `error` chunk mid-stream, `finish_reason: "error"`).
 - "bad_response": a 2xx whose body is not the JSON / SSE we expect.
 
 Messages carry the upstream's own error text where there is one, never our API key.
+
+The answer is passed through, not rebuilt: the assistant message as the upstream sent it
+(tool_calls, refusal, annotations, reasoning), the choice's logprobs, the finish reason as
+the model said it, and, streamed, every delta (tool-call deltas with their index).
 """
 
 from __future__ import annotations
@@ -23,10 +27,11 @@ import json
 import math
 from collections.abc import Iterable, Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
-from .base import ChatRequest, Completion, Delta, ProviderError, StreamEnd, StreamEvent
+from .base import ChatRequest, Completion, Delta, Opened, ProviderError, StreamEnd, StreamEvent
 
 CONNECT_TIMEOUT = 10.0
 
@@ -43,11 +48,16 @@ NON_TEXT_PART_TOKENS = 4096
 # bytes / 3 rarely undercounts, and the final usage chunk replaces it anyway.
 STREAM_BYTES_PER_TOKEN = 3
 
-# Fields the engine decides. Caller options never override them: max_tokens is what
-# the grant pays for, and n > 1 would bill several completions.
-ENGINE_FIELDS = frozenset(
-    {"model", "messages", "max_tokens", "max_completion_tokens", "stream", "stream_options", "n"}
-)
+# Fields the engine decides. Caller options never override them: the output limits are
+# what the grant pays for, and n > 1 would bill several completions.
+LIMIT_FIELDS = ("max_tokens", "max_completion_tokens")
+ENGINE_FIELDS = frozenset({"model", "messages", *LIMIT_FIELDS, "stream", "stream_options", "n"})
+# Top-level fields of an upstream answer that are passed on to the caller.
+PASSED_ON = ("system_fingerprint",)
+# OpenAI's own API refuses max_tokens for its reasoning models: there the engine's limit
+# goes out as max_completion_tokens. Elsewhere (OpenRouter, Ollama, vLLM …) max_tokens
+# is the field every server knows.
+OPENAI_HOSTS = frozenset({"api.openai.com"})
 
 MAX_ERROR_BODY = 64 * 1024  # an error body is read only this far
 MAX_MESSAGE = 300  # characters of upstream error text kept in a ProviderError
@@ -70,8 +80,16 @@ class OpenAICompatibleProvider:
         timeout: float = 60.0,
         client: httpx.Client | None = None,
         extra_headers: dict[str, str] | None = None,
+        limit_field: str | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        if limit_field is None:
+            host = urlsplit(self.base_url).hostname or ""
+            limit_field = "max_completion_tokens" if host in OPENAI_HOSTS else "max_tokens"
+        if limit_field not in LIMIT_FIELDS:
+            raise ValueError(f"limit_field must be one of {LIMIT_FIELDS}, not {limit_field!r}")
+        # The output limit sent when the caller sent none.
+        self.limit_field = limit_field
         self._url = f"{self.base_url}/chat/completions"
         self._api_key = api_key or None
         self._timeout = httpx.Timeout(timeout, connect=CONNECT_TIMEOUT)
@@ -136,11 +154,18 @@ class OpenAICompatibleProvider:
             ) as response:
                 if not response.is_success:
                     raise self._status_error(response, _read_capped(response))
+                yield Opened()
                 if response.headers.get("content-type", "").startswith("application/json"):
                     # The upstream ignored stream=true and answered in one piece.
                     completion = self._completion(_parse_json(response.read()), request)
-                    if completion.text:
-                        yield Delta(completion.text, completion.completion_tokens)
+                    delta = _message_as_delta(completion.message or {})
+                    if delta:
+                        yield Delta(
+                            completion.text,
+                            completion.completion_tokens,
+                            delta=delta,
+                            logprobs=completion.logprobs,
+                        )
                     yield StreamEnd(
                         completion.finish_reason,
                         completion.prompt_tokens,
@@ -159,13 +184,11 @@ class OpenAICompatibleProvider:
 
     def _payload(self, request: ChatRequest, *, stream: bool) -> dict[str, Any]:
         options = {k: v for k, v in request.options.items() if k not in ENGINE_FIELDS}
-        payload: dict[str, Any] = {
-            "model": request.model,
-            "messages": request.messages,
-            "max_tokens": request.max_tokens,
-            **options,
-            "stream": stream,
-        }
+        payload: dict[str, Any] = {"model": request.model, "messages": request.messages}
+        for limit in request.limit_fields or (self.limit_field,):
+            payload[limit] = request.max_tokens
+        payload.update(options)
+        payload["stream"] = stream
         if stream:
             # Without it OpenAI-style servers send no usage at all when streaming.
             payload["stream_options"] = {"include_usage": True}
@@ -194,7 +217,7 @@ class OpenAICompatibleProvider:
         if choice.get("finish_reason") == "error":
             raise self._embedded_error(body.get("error"))
         finish_reason = _finish_reason(choice.get("finish_reason"))
-        generated = _utf8_len(text) + _utf8_len(_reasoning(message))
+        generated = _generated_bytes(message)
         prompt_tokens, completion_tokens = _usage(body.get("usage"))
         billed_prompt, billed_completion = self._billed(
             request, (prompt_tokens, completion_tokens), generated, finish_reason
@@ -204,6 +227,9 @@ class OpenAICompatibleProvider:
             finish_reason=finish_reason,
             prompt_tokens=billed_prompt,
             completion_tokens=billed_completion,
+            message={**message, "role": "assistant"},
+            logprobs=choice.get("logprobs"),
+            extra={key: body[key] for key in PASSED_ON if body.get(key) is not None},
         )
 
     def _events(self, lines: Iterable[str], request: ChatRequest) -> Iterator[StreamEvent]:
@@ -229,13 +255,19 @@ class OpenAICompatibleProvider:
                 continue  # e.g. the usage chunk, whose choices are []
             choice = choices[0]
             delta = choice.get("delta")
+            logprobs = choice.get("logprobs")
             if isinstance(delta, dict):
-                # Reasoning is billed as completion tokens, so it counts for the estimate.
-                generated += _utf8_len(_reasoning(delta))
-                text = _content_text(delta.get("content"))
-                if text:
-                    generated += _utf8_len(text)
-                    yield Delta(text, math.ceil(generated / STREAM_BYTES_PER_TOKEN))
+                # Reasoning and tool-call arguments are billed as completion tokens, so
+                # they count for the estimate.
+                generated += _generated_bytes(delta)
+                passed = {k: v for k, v in delta.items() if k != "role" and v not in (None, "")}
+                if passed or logprobs:
+                    yield Delta(
+                        _content_text(delta.get("content")) or "",
+                        math.ceil(generated / STREAM_BYTES_PER_TOKEN),
+                        delta=passed,
+                        logprobs=logprobs,
+                    )
             if choice.get("finish_reason") == "error":
                 raise self._embedded_error(None)
             if choice.get("finish_reason"):
@@ -292,6 +324,7 @@ class OpenAICompatibleProvider:
     def _status_error(self, response: httpx.Response, body: bytes) -> ProviderError:
         status = response.status_code
         message, code = _error_message(body)
+        retry_after = response.headers.get("retry-after")
         if status in (401, 403):
             kind = "upstream_auth"
         elif status == 429:
@@ -309,7 +342,7 @@ class OpenAICompatibleProvider:
             message = f"HTTP {status} {response.reason_phrase}".rstrip()
             if response.headers.get("content-type", "").startswith("text/plain") and body:
                 message += f": {body.decode(errors='replace')}"
-        return ProviderError(kind, self._clean(message), status)
+        return ProviderError(kind, self._clean(message), status, retry_after=retry_after)
 
     def _embedded_error(self, error: Any) -> ProviderError:
         """An error the upstream reports inside a 2xx body or stream."""
@@ -412,8 +445,38 @@ def _reasoning(message: dict[str, Any]) -> str:
 
 
 def _finish_reason(value: Any) -> str:
-    # The engine knows two reasons; "content_filter", "tool_calls", None … are stops.
-    return "length" if value == "length" else "stop"
+    # As the model said it ("stop", "length", "tool_calls", "content_filter", …); a
+    # missing one is a plain stop.
+    return value if isinstance(value, str) and value else "stop"
+
+
+def _generated_bytes(message: dict[str, Any]) -> int:
+    """UTF-8 bytes of what the model wrote in a message or delta: text, visible
+    reasoning, a refusal and tool-call names and arguments, all billed as output."""
+    total = _utf8_len(_content_text(message.get("content")) or "")
+    total += _utf8_len(_reasoning(message))
+    if isinstance(message.get("refusal"), str):
+        total += _utf8_len(message["refusal"])
+    calls = message.get("tool_calls")
+    if isinstance(calls, list):
+        for call in calls:
+            function = call.get("function") if isinstance(call, dict) else None
+            if isinstance(function, dict):
+                total += _string_bytes(function.get("name")) + _string_bytes(
+                    function.get("arguments")
+                )
+    return total
+
+
+def _message_as_delta(message: dict[str, Any]) -> dict[str, Any]:
+    """A whole message as one stream delta: tool calls get the `index` deltas carry."""
+    delta = {k: v for k, v in message.items() if k != "role" and v not in (None, "", [])}
+    if isinstance(delta.get("tool_calls"), list):
+        delta["tool_calls"] = [
+            {"index": i, **call} if isinstance(call, dict) else call
+            for i, call in enumerate(delta["tool_calls"])
+        ]
+    return delta
 
 
 def _usage(usage: Any) -> tuple[int | None, int | None]:

@@ -1,0 +1,446 @@
+"""One call lifecycle for every metered endpoint: reserve → provider → settle | release.
+
+A route parses its request into a `MeteredCall` (the request in chat-completions terms,
+and a `Renderer` for its own wire format) and returns `run(call)`:
+
+    retry of an earlier call?  ── yes ──► its answer, replayed (nothing charged)
+        │ no
+    route the model, check it can do what is asked (tools, JSON, logprobs)   400
+    reserve one request + the worst-case hold (grants.reserve)                402
+    provider ── fails ──► release: nothing charged, the key is freed           4xx/5xx
+        │ answers
+    settle the real usage (grants.settle), keep the sealed answer for a retry
+    render: JSON, or server-sent events settled when the stream ends
+
+The policy (README, "What a call costs"): a failed upstream call charges nothing, before
+or during a stream; a streamed answer is read up to the upstream's first event before the
+caller gets any header, so an upstream refusal (429, 400) is answered with its status
+and Retry-After like a plain call; a caller that leaves mid-stream is charged for what was
+generated before it left (the provider bills it), one that left before the first byte is
+charged nothing; a stream that reaches the dollar cap is cut with a typed error event
+after its usage.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Iterator
+from contextlib import closing
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
+
+from flask import Response, current_app, stream_with_context
+
+from ..request_log import note
+from . import grants
+from .caller import caller_gone
+from .errors import ApiError, grant_invalid
+from .idempotency import Retry
+from .models import App
+from .pricing import pusd_to_usd, usd_str
+from .providers import DEFAULT_MAX_TOKENS, ModelRoute, ProviderRegistry
+from .providers.base import (
+    ChatRequest,
+    Completion,
+    Delta,
+    ProviderError,
+    StreamEnd,
+    StreamEvent,
+    capabilities_of,
+)
+from .validation import ChatCall
+
+log = logging.getLogger(__name__)
+
+# --- what a route hands over ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Finished:
+    """The end of a stream that was charged: totals and the grant's balance after it."""
+
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    balance: grants.GrantBalance
+    cut_at_cap: bool  # the dollar cap, not the caller's limit, ended it: say so after
+
+
+@dataclass(frozen=True)
+class Failed:
+    """The provider failed mid-stream: nothing was charged."""
+
+    error: ApiError
+
+
+StreamItem = Delta | Finished | Failed
+
+
+class Renderer(Protocol):
+    """An endpoint's wire format: how a completion and a stream look to its callers."""
+
+    def body(self, completion: Completion) -> dict[str, Any]:
+        """The JSON answer of a plain call."""
+
+    def events(self, items: Iterator[StreamItem]) -> Iterator[str]:
+        """The server-sent events of a streamed call, from the metered stream items."""
+
+
+@dataclass(frozen=True)
+class MeteredCall:
+    app: App
+    grant_token: str
+    chat: ChatCall  # the request, in chat-completions terms
+    retry: Retry
+    renderer: Renderer
+
+
+# --- headers and errors ---------------------------------------------------------------------
+
+
+def balance_headers(balance: grants.GrantBalance) -> dict[str, str]:
+    headers = {"x-wattfare-grant-remaining": str(max(balance.remaining, 0))}
+    if balance.remaining_pusd is not None:
+        headers["x-wattfare-grant-remaining-usd"] = usd_str(max(balance.remaining_pusd, 0))
+    return headers
+
+
+def balance_summary(balance: grants.GrantBalance) -> dict[str, Any]:
+    """The balance as a stream's last event carries it (`wattfare` on the usage chunk)."""
+    return {
+        "remaining": max(balance.remaining, 0),
+        "remainingUsd": (
+            None
+            if balance.remaining_pusd is None
+            else float(pusd_to_usd(max(balance.remaining_pusd, 0)))
+        ),
+    }
+
+
+def upstream_error(exc: ProviderError) -> ApiError:
+    if exc.kind == "upstream_rejected":
+        return ApiError(
+            400, "upstream_rejected", f"The model provider refused the request: {exc.message}"
+        )
+    if exc.kind == "upstream_rate_limited":
+        return ApiError(
+            429,
+            "upstream_rate_limited",
+            "The model provider is rate limiting; retry shortly. Nothing was charged.",
+            type="rate_limit_error",
+            headers={"Retry-After": _retry_after(exc.retry_after)},
+        )
+    if exc.kind == "timeout":
+        return ApiError(
+            504,
+            "upstream_timeout",
+            "The model provider did not answer in time. Nothing was charged.",
+            type="api_error",
+        )
+    return ApiError(
+        502,
+        "upstream_error",
+        f"The model provider failed ({exc.kind}). Nothing was charged.",
+        type="api_error",
+    )
+
+
+def _retry_after(value: str | None) -> str:
+    """The upstream's Retry-After in whole seconds (0 to 60), or 5 without a usable one."""
+    try:
+        seconds = float(value) if value is not None else 5.0
+    except ValueError:
+        seconds = 5.0  # an HTTP date: rare from model providers; a short wait will do
+    return str(min(max(math.ceil(seconds), 0), 60))
+
+
+def cap_error() -> ApiError:
+    error = grant_invalid("over_cap")
+    error.message = "The stream reached the grant's dollar cap and was cut."
+    return error
+
+
+def _outcome(value: str) -> None:
+    note(outcome=value)  # for the request log line; never a token
+
+
+def _elapsed_ms(started: float) -> int:
+    return int((time.perf_counter() - started) * 1000)
+
+
+def registry() -> ProviderRegistry:
+    return current_app.extensions["wattfare_providers"]
+
+
+# --- the lifecycle ---------------------------------------------------------------------------
+
+
+def run(call: MeteredCall) -> Response:
+    """Answer one metered call: replayed, refused, or reserved, run and settled."""
+    started = time.perf_counter()
+    route = registry().route(call.chat.model)
+    _check_capabilities(route, call.chat)
+    if (replay := call.retry.earlier_answer()) is not None:
+        _outcome("replayed")
+        return replay
+    chat = ChatRequest(
+        model=route.model,
+        messages=call.chat.messages,
+        max_tokens=call.chat.max_tokens or DEFAULT_MAX_TOKENS,
+        options=call.chat.options,
+        limit_fields=call.chat.limit_fields,
+    )
+    try:
+        prompt_tokens = route.provider.prompt_tokens_upper_bound(chat)
+        reservation = grants.reserve(
+            call.app.id,
+            call.grant_token,
+            model=route.model,
+            price=route.price,
+            prompt_tokens=prompt_tokens,
+            max_tokens=chat.max_tokens,
+            hold_ttl=current_app.config["WATTFARE_HOLD_TTL"],
+            stream=call.chat.stream,
+            on_reserved=call.retry.on_reserved,
+        )
+    except BaseException:
+        call.retry.forget()  # refused (402): the key, if any, is free for a new try
+        raise
+    lifecycle = _Lifecycle(call, route, reservation, prompt_tokens, started)
+    chat = replace(chat, max_tokens=reservation.max_tokens)
+    try:
+        if call.chat.stream:
+            return lifecycle.stream(chat)
+        return lifecycle.complete(chat)
+    except BaseException:
+        if not lifecycle.ended:  # a bug of ours: never leave the hold behind
+            lifecycle.release("internal")
+        raise
+
+
+def _check_capabilities(route: ModelRoute, chat: ChatCall) -> None:
+    # A capability is named after the request field that asks for it (base.CAPABILITIES).
+    missing = sorted(chat.needs - capabilities_of(route.provider))
+    if missing:
+        raise ApiError(
+            400,
+            "unsupported_parameter",
+            f"Model {route.model!r} cannot honour {missing[0]}: it only writes text. Leave "
+            f"{missing[0]} out, or use a model of an upstream provider. Nothing was charged.",
+            param=missing[0],
+        )
+
+
+class _Lifecycle:
+    """One reserved call: it ends settled or released, exactly once."""
+
+    def __init__(
+        self,
+        call: MeteredCall,
+        route: ModelRoute,
+        reservation: grants.Reservation,
+        prompt_tokens: int,
+        started: float,
+    ) -> None:
+        self.call = call
+        self.route = route
+        self.reservation = reservation
+        self.prompt_tokens = prompt_tokens
+        self.started = started
+        self.ended = False  # settled or released: exactly once
+        self.completion_tokens = 0  # streamed so far
+
+    def release(self, error: str) -> None:
+        self.ended = True
+        grants.release(self.reservation, error=error, duration_ms=_elapsed_ms(self.started))
+        self.call.retry.forget(self.reservation.usage_id)
+
+    def settle(
+        self, prompt_tokens: int, completion_tokens: int, *, error: str | None = None, **kw: Any
+    ) -> grants.GrantBalance:
+        self.ended = True
+        return grants.settle(
+            self.reservation,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            price=self.route.price,
+            duration_ms=_elapsed_ms(self.started),
+            error=error,
+            **kw,
+        )
+
+    # --- plain ------------------------------------------------------------------------
+
+    def complete(self, chat: ChatRequest) -> Response:
+        try:
+            completion = self.route.provider.complete(chat)
+        except ProviderError as exc:
+            self.release(exc.kind)
+            _outcome(f"released:{exc.kind}")
+            raise upstream_error(exc) from None
+        body = json.dumps(
+            self.call.renderer.body(completion), separators=(",", ":"), ensure_ascii=False
+        ).encode()
+        # A caller that already hung up (a client timeout) cannot get this answer: it is
+        # kept as undelivered, for its retry (idempotency.py, rule 3).
+        delivered = not caller_gone()
+        wanted = self.call.retry.wants_answer(
+            delivered=delivered, seconds=time.perf_counter() - self.started
+        )
+        headers: dict[str, str] = {}
+
+        def keep(balance: grants.GrantBalance) -> None:
+            headers.update(balance_headers(balance))
+            if not wanted:
+                return
+            self.call.retry.keep(
+                self.reservation.usage_id,
+                status=200,
+                headers=headers,
+                body=body,
+                mimetype="application/json",
+                delivered=delivered,
+            )
+
+        balance = self.settle(
+            completion.prompt_tokens,
+            completion.completion_tokens,
+            error=None if delivered else "client_gone",
+            on_settled=keep,
+        )
+        _outcome("settled")
+        if not headers:  # settled after the sweeper had released the hold: not charged
+            headers = balance_headers(balance)
+        return Response(body, mimetype="application/json", headers=headers)
+
+    # --- streamed ---------------------------------------------------------------------
+
+    def stream(self, chat: ChatRequest) -> Response:
+        upstream = self.route.provider.stream(chat)
+        try:
+            # Up to the upstream's first event before any header goes out: a refusal
+            # (429, 400) becomes this call's own status, with its Retry-After.
+            first: StreamEvent | None = next(upstream, None)
+        except ProviderError as exc:
+            self.release(exc.kind)
+            _outcome(f"released:{exc.kind}")
+            raise upstream_error(exc) from None
+        if caller_gone():
+            # The caller timed out before the first byte: nothing of the answer can
+            # reach it. Stop the upstream and charge nothing; its retry runs afresh.
+            upstream.close()
+            self.release("client_gone")
+            _outcome("released:client_gone")
+            raise ApiError(499, "client_gone", "The caller left before the answer began.")
+        items = self._metered(first, upstream)
+        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        headers.update(balance_headers(self.reservation.balance))
+        _outcome("streaming")  # replaced by the final outcome when the stream ends
+        body = self._events(items, upstream)
+        return Response(stream_with_context(body), mimetype="text/event-stream", headers=headers)
+
+    def _events(
+        self, items: Iterator[StreamItem], upstream: Iterator[StreamEvent]
+    ) -> Iterator[str]:
+        try:
+            yield from self.call.renderer.events(items)
+        finally:
+            # Closing the items when the caller goes away is what settles a stream cut
+            # short: do it at once, not whenever the generator is collected. Items never
+            # started (the caller left after the first event) are settled here too.
+            items.close()
+            if not self.ended:
+                upstream.close()
+                self.caller_left()
+
+    def caller_left(self) -> None:
+        """The caller went away mid-stream: charge what was generated (the prompt and
+        the tokens so far), which the provider bills too."""
+        self.settle(self.prompt_tokens, self.completion_tokens, error="client_disconnected")
+        _outcome("settled:client_disconnected")
+        log.info("client left mid-stream: usage %s", self.reservation.usage_id)
+
+    def _metered(
+        self, first: StreamEvent | None, upstream: Iterator[StreamEvent]
+    ) -> Iterator[StreamItem]:
+        """The provider's events, accounted for: deltas, then Finished or Failed.
+
+        Every way out settles or releases exactly once. Checks that may end a running
+        stream early belong in `_may_go_on`, called for every delta.
+        """
+        reservation = self.reservation
+        capped = self.call.chat.max_tokens is None or (
+            reservation.max_tokens < self.call.chat.max_tokens
+        )
+        cap_limited = reservation.balance.remaining_pusd is not None and capped
+        # Upstream providers report an estimate while streaming (exact only at the end),
+        # so allow the estimate some slack; the charge is clamped to the hold anyway.
+        overrun_limit = reservation.max_tokens + reservation.max_tokens // 2 + 16
+        try:
+            with closing(upstream):
+                end: StreamEnd | None = None
+                events = upstream if first is None else _prepend(first, upstream)
+                for event in events:
+                    if isinstance(event, Delta):
+                        if event.completion_tokens > overrun_limit or not self._may_go_on():
+                            break  # the provider ignored max_tokens: cut what is unpaid
+                        self.completion_tokens = event.completion_tokens
+                        yield event
+                    elif isinstance(event, StreamEnd):
+                        end = event
+                    # Opened: the upstream accepted the call; nothing to relay.
+            finish = end.finish_reason if end else "length"
+            used_prompt = end.prompt_tokens if end else self.prompt_tokens
+            used_completion = end.completion_tokens if end else self.completion_tokens
+            balance = self.settle(used_prompt, used_completion)
+            _outcome("settled:stream")
+            yield Finished(
+                finish, used_prompt, used_completion, balance, finish == "length" and cap_limited
+            )
+        except ProviderError as exc:
+            self.release(exc.kind)
+            _outcome(f"released:{exc.kind}")
+            yield Failed(upstream_error(exc))
+        except GeneratorExit:
+            if not self.ended:
+                self.caller_left()
+            raise
+        except BaseException:
+            if not self.ended:
+                self.release("internal")
+            raise
+
+    def _may_go_on(self) -> bool:
+        """Whether the stream may carry on. The one place for checks that end a running
+        stream (e.g. a revoked grant: query it here at most once a second)."""
+        return True
+
+
+def _prepend(first: StreamEvent, rest: Iterator[StreamEvent]) -> Iterator[StreamEvent]:
+    yield first
+    yield from rest
+
+
+def sse(payload: dict[str, Any] | str, event: str | None = None) -> str:
+    """One server-sent event: `data:` JSON (or a literal such as [DONE])."""
+    data = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
+    prefix = f"event: {event}\n" if event else ""
+    return f"{prefix}data: {data}\n\n"
+
+
+__all__ = [
+    "Failed",
+    "Finished",
+    "MeteredCall",
+    "Renderer",
+    "StreamItem",
+    "balance_headers",
+    "balance_summary",
+    "cap_error",
+    "run",
+    "sse",
+    "upstream_error",
+]
