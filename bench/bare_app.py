@@ -1,26 +1,41 @@
-"""The real app plus one benchmark-only route, for `bench/run.py` (never deployed).
+"""The real app plus benchmark-only routes, for the bench scripts (never deployed).
 
 `gunicorn bench.bare_app:app` serves exactly what `gunicorn app:app` serves. With
-WATTFARE_BENCH_BARE=1 it also mounts `POST /bench/bare`: a bare Flask endpoint that
-parses the same JSON body a metered call sends and answers a small JSON object, with
-no authentication, no database and no model. Measured on the same server, in the same
-run, it is the baseline that the engine's own cost per metered call is measured
-against: p50(metered) - p50(bare).
+WATTFARE_BENCH_BARE=1 it also mounts two baselines that the engine's own cost is
+measured against, on the same server, in the same run:
 
-The route lives here, in a bench-only module, so the product code has no benchmark
-switch in it at all.
+- `POST /bench/bare`: a bare Flask endpoint that parses the same JSON body a metered
+  call sends and answers a small JSON object, with no authentication, no database and
+  no model. Engine cost per call = p50(metered) - p50(bare).
+- `POST /bench/bare-stream`: parses the same body and streams the last message's text
+  back as server-sent events in OpenAI's chunk format, `BARE_STREAM_TOKENS` tokens a
+  chunk (the same tokens and chunk size `local/markdown` streams), then `[DONE]`. It is
+  what the thinnest streaming endpoint does per chunk: cut a piece, `json.dumps` a chunk,
+  write it. Engine cost per chunk = the metered stream's per-chunk cost minus this.
+
+The routes live here, in a bench-only module, so the product code has no benchmark
+switch in it at all. They use Flask alone, nothing of the engine, so they stay the same
+baseline however the engine changes.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+from collections.abc import Iterator
 
 from flask import Blueprint, Response, jsonify, request
 
 from wattfare_demo import create_app
 
 bare = Blueprint("bench_bare", __name__, url_prefix="/bench")
+
+# local/markdown's token rule (one per run of word characters, one per other
+# non-space character) and its chunk size, restated so the baseline does not import
+# the engine.
+_TOKEN = re.compile(r"\w+|[^\w\s]")
+BARE_STREAM_TOKENS = 8
 
 
 @bare.post("/bare")
@@ -29,6 +44,36 @@ def bare_endpoint() -> Response:
     # body, build a JSON response. Nothing else.
     body = json.loads(request.get_data())
     return jsonify(object="bench.bare", model=body.get("model"), messages=len(body["messages"]))
+
+
+@bare.post("/bare-stream")
+def bare_stream() -> Response:
+    body = json.loads(request.get_data())
+    text = body["messages"][-1]["content"]
+    model = body.get("model")
+
+    def events() -> Iterator[str]:
+        start = 0
+        for count, match in enumerate(_TOKEN.finditer(text), start=1):
+            if count % BARE_STREAM_TOKENS == 0:
+                yield _chunk(model, text[start : match.end()])
+                start = match.end()
+        if start < len(text):
+            yield _chunk(model, text[start:])
+        yield "data: [DONE]\n\n"
+
+    return Response(events(), mimetype="text/event-stream")
+
+
+def _chunk(model: str | None, piece: str) -> str:
+    payload = {
+        "id": "chatcmpl-bench",
+        "object": "chat.completion.chunk",
+        "created": 0,
+        "model": model,
+        "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}],
+    }
+    return f"data: {json.dumps(payload, separators=(',', ':'))}\n\n"
 
 
 app = create_app()
