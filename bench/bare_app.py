@@ -7,6 +7,11 @@ measured against, on the same server, in the same run:
 - `POST /bench/bare`: a bare Flask endpoint that parses the same JSON body a metered
   call sends and answers a small JSON object, with no authentication, no database and
   no model. Engine cost per call = p50(metered) - p50(bare).
+- `POST /bench/bare-model`: the same, plus the `local/markdown` model converting the
+  document, answered as a chat completion: what a metered call does minus the metering
+  (keys, grants, ledger, idempotency, the log line's facts). Metering cost per call =
+  p50(metered) - p50(bare-model). It is the one baseline that uses an engine class, the
+  offline model (`LocalMarkdownProvider`), because the model is what it adds.
 - `POST /bench/bare-stream`: parses the same body and streams the last message's text
   back as server-sent events in OpenAI's chunk format, `BARE_STREAM_TOKENS` tokens a
   chunk (the same tokens and chunk size `local/markdown` streams), then `[DONE]`. It is
@@ -14,8 +19,8 @@ measured against, on the same server, in the same run:
   write it. Engine cost per chunk = the metered stream's per-chunk cost minus this.
 
 The routes live here, in a bench-only module, so the product code has no benchmark
-switch in it at all. They use Flask alone, nothing of the engine, so they stay the same
-baseline however the engine changes.
+switch in it at all. Apart from the model in /bench/bare-model they use Flask alone,
+nothing of the engine, so they stay the same baseline however the engine changes.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ from collections.abc import Iterator
 from flask import Blueprint, Response, jsonify, request
 
 from wattfare_demo import create_app
+from wattfare_demo.engine.providers.base import ChatRequest
+from wattfare_demo.engine.providers.local import LocalMarkdownProvider
 
 bare = Blueprint("bench_bare", __name__, url_prefix="/bench")
 
@@ -36,6 +43,7 @@ bare = Blueprint("bench_bare", __name__, url_prefix="/bench")
 # the engine.
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 BARE_STREAM_TOKENS = 8
+_MODEL = LocalMarkdownProvider()
 
 
 @bare.post("/bare")
@@ -44,6 +52,29 @@ def bare_endpoint() -> Response:
     # body, build a JSON response. Nothing else.
     body = json.loads(request.get_data())
     return jsonify(object="bench.bare", model=body.get("model"), messages=len(body["messages"]))
+
+
+@bare.post("/bare-model")
+def bare_model() -> Response:
+    body = json.loads(request.get_data())
+    completion = _MODEL.complete(
+        ChatRequest(model=body["model"], messages=body["messages"], max_tokens=4096)
+    )
+    return jsonify(
+        object="chat.completion",
+        model=body.get("model"),
+        choices=[
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": completion.text},
+                "finish_reason": completion.finish_reason,
+            }
+        ],
+        usage={
+            "prompt_tokens": completion.prompt_tokens,
+            "completion_tokens": completion.completion_tokens,
+        },
+    )
 
 
 @bare.post("/bare-stream")

@@ -90,10 +90,14 @@ class Side:
         return NAMES[self.backend]
 
 
-def measure(side: Side, wrk_path: str, *, metered: bool, connections: int, seconds: float) -> Load:
-    """One wrk run on the bare endpoint or the metered completion, with worker CPU."""
+BARE_PATHS = {"bare": "/bench/bare", "model": "/bench/bare-model"}
+
+
+def measure(side: Side, wrk_path: str, kind: str, *, connections: int, seconds: float) -> Load:
+    """One wrk run, with the workers' CPU: `kind` is "metered" (a metered completion),
+    "bare" (the bare endpoint) or "model" (the bare endpoint running the local model)."""
     base = side.server.base
-    if metered:
+    if kind == "metered":
         # Grants for about twice the rate the warm-up saw, one per connection at a time.
         grants = side.pool.for_calls(2 * max(side.warm_rate, 500) * seconds, connections)
         before = side.server.cpu_ns()
@@ -115,7 +119,7 @@ def measure(side: Side, wrk_path: str, *, metered: bool, connections: int, secon
         before = side.server.cpu_ns()
         result = wrk(
             wrk_path,
-            f"{base}/bench/bare",
+            f"{base}{BARE_PATHS[kind]}",
             side.target.workdir,
             connections=connections,
             seconds=seconds,
@@ -129,26 +133,31 @@ def measure(side: Side, wrk_path: str, *, metered: bool, connections: int, secon
 
 def warm_up(side: Side, wrk_path: str) -> None:
     """Each worker imports lazily, opens its pool and fills its caches on first calls."""
-    measure(side, wrk_path, metered=False, connections=THROUGHPUT_CONNECTIONS, seconds=2)
-    warm = measure(side, wrk_path, metered=True, connections=THROUGHPUT_CONNECTIONS, seconds=2)
+    for kind in BARE_PATHS:
+        measure(side, wrk_path, kind, connections=THROUGHPUT_CONNECTIONS, seconds=1)
+    warm = measure(side, wrk_path, "metered", connections=THROUGHPUT_CONNECTIONS, seconds=2)
     side.warm_rate = warm.rps
     side.checks.add(f"{side.name} warm-up: every metered call 200", warm.clean)
 
 
 def one_round(side: Side, wrk_path: str, round_no: int, connections: int, seconds: float) -> None:
-    order = (False, True) if round_no % 2 == 0 else (True, False)
-    results: dict[str, Load] = {}
-    for metered in order:
-        results["metered" if metered else "bare"] = measure(
-            side, wrk_path, metered=metered, connections=connections, seconds=seconds
-        )
+    # At 1 connection also the bare endpoint running the model, to split the engine's
+    # cost into the model's and the metering's.
+    kinds = ["bare", "model", "metered"] if connections == 1 else ["bare", "metered"]
+    order = kinds if round_no % 2 == 0 else kinds[::-1]
+    results = {
+        kind: measure(side, wrk_path, kind, connections=connections, seconds=seconds)
+        for kind in order
+    }
     bare, metered = results["bare"], results["metered"]
+    model = results.get("model")
     side.checks.add(
         f"{side.name} round {round_no + 1}, {connections} conn: every metered call 200",
         metered.clean,
     )
     side.checks.add(
-        f"{side.name} round {round_no + 1}, {connections} conn: bare endpoint all 200", bare.clean
+        f"{side.name} round {round_no + 1}, {connections} conn: bare endpoints all 200",
+        bare.clean and (model is None or model.clean),
     )
     side.rounds.append(
         {
@@ -156,7 +165,9 @@ def one_round(side: Side, wrk_path: str, round_no: int, connections: int, second
             "connections": connections,
             "bare": asdict(bare),
             "metered": asdict(metered),
+            "model": asdict(model) if model else None,
             "cost_p50_ms": round(metered.p50_ms - bare.p50_ms, 3),
+            "metering_p50_ms": round(metered.p50_ms - model.p50_ms, 3) if model else None,
             "cost_p99_ms": round(metered.p99_ms - bare.p99_ms, 3),
             "throughput_ratio": round(metered.rps / bare.rps, 4) if bare.rps else math.nan,
         }
@@ -287,6 +298,17 @@ def report(sides: list[Side], rounds: int) -> list[str]:
             f"{_ms(median([r['metered']['p50_ms'] for r in lat]))} | "
             f"**+{cost:.2f} ms** ({_spread(costs, '{:+.2f}')}) | "
             f"≤ {cost_target} ms {'✓' if cost <= cost_target else '✗'} |"
+        )
+        model = [r["model"]["p50_ms"] - r["bare"]["p50_ms"] for r in lat]
+        metering = [r["metering_p50_ms"] for r in lat]
+        lines.append(
+            f"| … of which the local model (bare endpoint + model, p50) | | "
+            f"{_ms(median([r['model']['p50_ms'] for r in lat]))} | "
+            f"+{median(model):.2f} ms ({_spread(model, '{:+.2f}')}) | |"
+        )
+        lines.append(
+            f"| … and the metering, p50(metered) - p50(bare + model) | | | "
+            f"+{median(metering):.2f} ms ({_spread(metering, '{:+.2f}')}) | |"
         )
         p99 = [r["cost_p99_ms"] for r in lat]
         lines.append(
