@@ -25,7 +25,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -286,14 +286,38 @@ class Server:
         server itself spent, whatever else runs on the machine: a measure of cost that
         a busy machine disturbs far less than wall time.
         """
-        total = 0
-        for pid in self.workers():
-            for stat in Path(f"/proc/{pid}/task").glob("*/schedstat"):
-                try:
-                    total += int(stat.read_text().split()[0])
-                except (OSError, ValueError, IndexError):
-                    continue  # a thread that just ended
-        return total
+        return cpu_ns_of(self.workers())
+
+
+def cpu_ns_of(pids: list[int]) -> int:
+    """CPU time used so far by these processes (all their threads), nanoseconds."""
+    total = 0
+    for pid in pids:
+        for stat in Path(f"/proc/{pid}/task").glob("*/schedstat"):
+            try:
+                total += int(stat.read_text().split()[0])
+            except (OSError, ValueError, IndexError):
+                continue  # a thread or process that just ended
+    return total
+
+
+def postgres_backends(url: str) -> list[int]:
+    """The server processes serving connections to `url`'s database (not this one's).
+
+    PostgreSQL runs one process per connection, on this machine: their CPU time is the
+    database's share of a call, beside the workers' own.
+    """
+    if not url.startswith(("postgres://", "postgresql")):
+        return []
+    import psycopg
+
+    plain = re.sub(r"^postgres(ql)?(\+\w+)?://", "postgresql://", url)
+    with psycopg.connect(plain) as conn:
+        rows = conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+            "AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
+        ).fetchall()
+    return [int(pid) for (pid,) in rows]
 
 
 def rss_kib(pid: int) -> int:
@@ -347,6 +371,18 @@ def _wait_until_up(base: str, proc: subprocess.Popen[bytes], log: Path) -> None:
             pass
         time.sleep(0.2)
     sys.exit(f"gunicorn did not answer in 60 s:\n{log.read_text()[-3000:]}")
+
+
+def measured(server: Server, database_url: str, run: Callable[[], Load]) -> Load:
+    """`run()` (a wrk run), with the CPU the workers and the database spent per call."""
+    backends = postgres_backends(database_url)
+    workers, database = server.cpu_ns(), cpu_ns_of(backends)
+    result = run()
+    calls = max(result.requests, 1)
+    result.worker_cpu_us_per_call = round((server.cpu_ns() - workers) / 1000 / calls, 1)
+    if backends:
+        result.database_cpu_us_per_call = round((cpu_ns_of(backends) - database) / 1000 / calls, 1)
+    return result
 
 
 class Engine:
@@ -463,8 +499,10 @@ class Load:
     def ok(self) -> int:
         return self.statuses.get("200", 0)
 
-    # The gunicorn workers' CPU time per call during the run (Server.cpu_ns), when known.
+    # The gunicorn workers' CPU time per call during the run (Server.cpu_ns), and the
+    # PostgreSQL server processes' (postgres_backends), when measured.
     worker_cpu_us_per_call: float | None = None
+    database_cpu_us_per_call: float | None = None
 
     @property
     def clean(self) -> bool:

@@ -52,6 +52,7 @@ from bench.harness import (
     load,
     machine,
     make_target,
+    measured,
     median,
     postgres_version,
     recreate_postgres,
@@ -100,35 +101,37 @@ def measure(side: Side, wrk_path: str, kind: str, *, connections: int, seconds: 
     if kind == "metered":
         # Grants for about twice the rate the warm-up saw, one per connection at a time.
         grants = side.pool.for_calls(2 * max(side.warm_rate, 500) * seconds, connections)
-        before = side.server.cpu_ns()
-        result = wrk(
-            wrk_path,
-            f"{base}/api/v1/chat/completions",
-            side.target.workdir,
-            connections=connections,
-            seconds=seconds,
-            body=METERED_BODY,
-            auth=side.target.secret_key,
-            grant_lines=grants,
+        result = measured(
+            side.server,
+            side.target.database_url,
+            lambda: wrk(
+                wrk_path,
+                f"{base}/api/v1/chat/completions",
+                side.target.workdir,
+                connections=connections,
+                seconds=seconds,
+                body=METERED_BODY,
+                auth=side.target.secret_key,
+                grant_lines=grants,
+            ),
         )
         side.metered_ok += result.ok
         # wrk stops on the clock: the calls then in flight (one per connection) are
         # not counted by wrk but finished and settled by the server.
         side.in_flight_allowance += connections
-    else:
-        before = side.server.cpu_ns()
-        result = wrk(
+        return result
+    return measured(
+        side.server,
+        side.target.database_url,
+        lambda: wrk(
             wrk_path,
             f"{base}{BARE_PATHS[kind]}",
             side.target.workdir,
             connections=connections,
             seconds=seconds,
             body=METERED_BODY,
-        )
-    result.worker_cpu_us_per_call = round(
-        (side.server.cpu_ns() - before) / 1000 / max(result.requests, 1), 1
+        ),
     )
-    return result
 
 
 def warm_up(side: Side, wrk_path: str) -> None:
@@ -323,6 +326,12 @@ def report(sides: list[Side], rounds: int) -> list[str]:
             f"| {side.name}, gunicorn workers' CPU per call, {THROUGHPUT_CONNECTIONS} conn. | "
             f"{cpu_bare:,.0f} µs | {cpu_metered:,.0f} µs | +{cpu_metered - cpu_bare:,.0f} µs | — |"
         )
+        if tput and tput[0]["metered"]["database_cpu_us_per_call"] is not None:
+            cpu_db = median([r["metered"]["database_cpu_us_per_call"] for r in tput])
+            lines.append(
+                f"| {side.name}, database server's CPU per call, {THROUGHPUT_CONNECTIONS} conn. | "
+                f"| {cpu_db:,.0f} µs | | — |"
+            )
     lines.append("")
     for side in sides:
         h = side.hammer

@@ -55,6 +55,7 @@ from bench.harness import (
     load,
     machine,
     make_target,
+    measured,
     median,
     postgres_exists,
     postgres_version,
@@ -269,42 +270,50 @@ def timed_sweep(db_: Db, stale: int) -> tuple[float, int]:
 
 
 def measure_round(db_: Db, wrk_path: str, seconds: float, round_no: int) -> dict[str, Load]:
+    """Bare endpoint, metered call, status call: wrk at 1 connection, with CPU per call."""
     assert db_.server and db_.pool
-    base, target = db_.server.base, db_.target
+    server, base, target = db_.server, db_.server.base, db_.target
+    grants = db_.pool.for_calls(2500 * seconds, 1)
+    runs: dict[str, dict[str, Any]] = {
+        "bare": {"url": f"{base}/bench/bare", "body": METERED_BODY},
+        "metered": {
+            "url": f"{base}/api/v1/chat/completions",
+            "body": METERED_BODY,
+            "auth": target.secret_key,
+            "grant_lines": grants,
+        },
+        "status": {
+            "url": f"{base}/api/v1/grant",
+            "method": "GET",
+            "auth": target.secret_key,
+            "grant_lines": [db_.status_grant],
+            "uses": 10**9,
+        },
+    }
     out: dict[str, Load] = {}
-    out["bare"] = wrk(
-        wrk_path, f"{base}/bench/bare", target.workdir, connections=1, seconds=seconds,
-        body=METERED_BODY,
-    )  # fmt: skip
-    out["metered"] = wrk(
-        wrk_path,
-        f"{base}/api/v1/chat/completions",
-        target.workdir,
-        connections=1,
-        seconds=seconds,
-        body=METERED_BODY,
-        auth=target.secret_key,
-        grant_lines=db_.pool.for_calls(2500 * seconds, 1),
-    )
-    out["status"] = wrk(
-        wrk_path,
-        f"{base}/api/v1/grant",
-        target.workdir,
-        connections=1,
-        seconds=seconds,
-        method="GET",
-        auth=target.secret_key,
-        grant_lines=[db_.status_grant],
-        uses=10**9,
-    )
+    for name, options in runs.items():
+        url = options.pop("url")
+        out[name] = measured(
+            server,
+            target.database_url,
+            lambda url=url, options=options: wrk(
+                wrk_path, url, target.workdir, connections=1, seconds=seconds, **options
+            ),
+        )
     db_.rounds.append(
         {
             "round": round_no + 1,
             **{k: asdict(v) for k, v in out.items()},
             "cost_p50_ms": round(out["metered"].p50_ms - out["bare"].p50_ms, 3),
+            "cpu_cost_us": round(_cpu(out["metered"]) - _cpu(out["bare"]), 1),
         }
     )
     return out
+
+
+def _cpu(result: Load) -> float:
+    """CPU per call, µs: the workers' and (PostgreSQL) the database server's."""
+    return (result.worker_cpu_us_per_call or 0) + (result.database_cpu_us_per_call or 0)
 
 
 # --- report ---------------------------------------------------------------------------------
@@ -337,6 +346,10 @@ def cost_lines(backend: str, empty: Db, seeded: Db, checks: Checks) -> list[str]
     ratio = median(ratios)
     checks.add(f"{NAMES[backend]}: engine cost seeded/empty within 10 %", ratio <= COST_TOLERANCE)
     status_ratio = m(seeded, "status") / m(empty, "status")
+    cpu_e = [r["cpu_cost_us"] for r in empty.rounds]
+    cpu_s = [r["cpu_cost_us"] for r in seeded.rounds]
+    cpu_ratios = [s / e for e, s in zip(cpu_e, cpu_s, strict=True) if e > 0]
+    cpu_ratio = median(cpu_ratios)
     sweep_e, sweep_s = median(empty.sweeps), median(seeded.sweeps)
     return [
         f"### {NAMES[backend]}: empty vs {seeded.rows['grants']:,} grants and "
@@ -351,6 +364,10 @@ def cost_lines(backend: str, empty: Db, seeded: Db, checks: Checks) -> list[str]
         f"+{median([r['cost_p50_ms'] for r in seeded.rounds]):.2f} ms | "
         f"**{ratio:.2f}** ({min(ratios):.2f} to {max(ratios):.2f}) "
         f"{'✓' if ratio <= COST_TOLERANCE else '✗'} ≤ 1.10 |",
+        "| **CPU per metered call above the bare endpoint's** (workers"
+        + (" + PostgreSQL" if backend == "postgresql" else "")
+        + f") | {median(cpu_e):,.0f} µs | {median(cpu_s):,.0f} µs | **{cpu_ratio:.2f}** "
+        f"({min(cpu_ratios):.2f} to {max(cpu_ratios):.2f}) |",
         f"| metered call p99 | {m(empty, 'metered', 'p99_ms'):.2f} ms | "
         f"{m(seeded, 'metered', 'p99_ms'):.2f} ms | |",
         f"| status call (GET /api/v1/grant) p50 | {m(empty, 'status'):.2f} ms | "
