@@ -10,8 +10,10 @@ with probes around:
 - every before-request, after-request and teardown function the app registered, and
   the view function itself (so Flask's and Werkzeug's own work is what is left over);
 - every SQL statement (SQLAlchemy's before/after_cursor_execute: the driver and the
-  database), and each COMMIT and ROLLBACK the driver runs (the dialect's do_commit /
-  do_rollback), wherever they happen.
+  database), and each COMMIT, ROLLBACK and pool pre-ping the driver runs (the dialect's
+  do_commit / do_rollback / do_ping), wherever they happen, and SQLAlchemy's own steps
+  around them (the session's transaction and pool checkout, Core's statement
+  execution, the ORM's loading of objects).
 
 A probe is a timer around the original function; nothing else changes. A probe whose
 target no longer exists (the engine is being rewritten) is reported as missing, not an
@@ -225,7 +227,12 @@ def instrument(app: Flask) -> Instrumentation:
     engine.connect = _timed(recorder, "connection from the pool", original_connect)
     undo.append(functools.partial(setattr, engine, "connect", original_connect))
     dialect = engine.dialect
-    for name, label in (("do_commit", "COMMIT (driver)"), ("do_rollback", "ROLLBACK (driver)")):
+    for name, label in (
+        ("do_commit", "COMMIT (driver)"),
+        ("do_rollback", "ROLLBACK (driver)"),
+        # pool_pre_ping (config.py, PostgreSQL): a round trip at each checkout.
+        ("do_ping", "pre-ping (a round trip)"),
+    ):
         original = getattr(dialect, name)
         setattr(dialect, name, _timed(recorder, label, original))
         undo.append(functools.partial(setattr, dialect, name, original))
