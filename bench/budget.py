@@ -328,7 +328,7 @@ def flat_totals(budget: Budget) -> dict[str, float]:
             "SQL statements (driver + database)"
             if label.startswith("SQL ")
             else label
-            if label in ("COMMIT (driver)", "ROLLBACK (driver)")
+            if label in ("COMMIT (driver)", "ROLLBACK (driver)", "pre-ping (a round trip)")
             else None
         )
         if kind:
