@@ -184,6 +184,35 @@ def with_database_name(pg_url: str, suffix: str) -> str:
     return f"{base}/{name}{suffix}"
 
 
+def commit_latency(url: str, commits: int = 200) -> dict[str, float]:
+    """p10 / p50 / p90 ms of a one-row INSERT and COMMIT on `url` (PostgreSQL).
+
+    A metered call makes two durable commits, each waiting for the WAL to reach the
+    disk; on a shared machine that wait is what moves most. Measured beside the figures
+    so they can be read against it.
+    """
+    import psycopg
+
+    plain = re.sub(r"^postgres(ql)?(\+\w+)?://", "postgresql://", url)
+    times = []
+    with psycopg.connect(plain) as conn:
+        # A real table: a temporary one is not WAL-logged, so its commits never wait.
+        conn.execute("CREATE TABLE IF NOT EXISTS bench_commit_probe (n integer)")
+        conn.commit()
+        for n in range(commits):
+            started = time.perf_counter()
+            conn.execute("INSERT INTO bench_commit_probe VALUES (%s)", (n,))
+            conn.commit()
+            times.append((time.perf_counter() - started) * 1000)
+        conn.execute("DROP TABLE bench_commit_probe")
+        conn.commit()
+    times.sort()
+    return {
+        q: round(times[int(len(times) * f)], 2)
+        for q, f in (("p10", 0.1), ("p50", 0.5), ("p90", 0.9))
+    }
+
+
 # --- the app under test ---------------------------------------------------------------------
 
 

@@ -48,6 +48,7 @@ from bench.harness import (
     Load,
     Server,
     Target,
+    commit_latency,
     ensure_wrk,
     load,
     machine,
@@ -430,6 +431,8 @@ def main() -> None:
             stack.callback(engine.dispose)
             server = stack.enter_context(served(target))
             sides.append(Side(backend, target, engine, server, GrantPool(engine)))
+        if "postgresql" in backends:
+            info["commit_ms_at_start"] = commit_latency(args.pg_url)
         for side in sides:
             warm_up(side, wrk_path)
         for round_no in range(rounds):
@@ -452,9 +455,16 @@ def main() -> None:
             hammer(side, wrk_path, hammer_seconds)
             if args.grants:
                 grant_creation(side, wrk_path, duration)
+    if "postgresql" in backends:
+        info["commit_ms_at_end"] = commit_latency(args.pg_url)
     elapsed = time.monotonic() - started
     print()
     print("\n".join(report(sides, rounds)))
+    if "postgresql" in backends:
+        print(
+            "- PostgreSQL: one-row INSERT + COMMIT, ms (p10, p50, p90): at the start "
+            f"{info['commit_ms_at_start']}, at the end {info['commit_ms_at_end']}"
+        )
     print(f"\n({elapsed:.0f} s, load {load()} at the end)")
     if args.out:
         Path(args.out).write_text(

@@ -51,6 +51,7 @@ from bench.harness import (
     Load,
     Server,
     Target,
+    commit_latency,
     ensure_wrk,
     load,
     machine,
@@ -433,6 +434,7 @@ def run_backend(backend: str, args: argparse.Namespace, wrk_path: str) -> dict[s
             (db_.status_grant,) = db_.engine.create_grants(1, 100)
             measure_round(db_, wrk_path, 2, -1)  # warm-up: imports, pools, caches
             db_.rounds.clear()
+        commits = commit_latency(url) if backend == "postgresql" else None
         for round_no in range(args.rounds):
             order = [empty, seeded] if round_no % 2 == 0 else [seeded, empty]
             for db_ in order:
@@ -452,6 +454,10 @@ def run_backend(backend: str, args: argparse.Namespace, wrk_path: str) -> dict[s
                 f"{NAMES[backend]} {db_.kind}: no hold left pending", db_.engine.drain() == 0
             )
     lines = [*plan_lines(backend, plans), "", *cost_lines(backend, empty, seeded, checks), ""]
+    if commits:
+        lines.append(
+            f"- one-row INSERT + COMMIT on this PostgreSQL before the rounds, ms: {commits}"
+        )
     lines += [line.replace("- ", f"- {NAMES[backend]} ", 1) for line in checks.lines()]
     return {
         "lines": lines,
