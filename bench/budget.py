@@ -92,6 +92,7 @@ class Node:
     started: int
     children: list[Node] = field(default_factory=list)
     elapsed: int = 0
+    round_trips: int = 0  # on the root: PostgreSQL round trips in the call
 
 
 class Recorder:
@@ -100,6 +101,7 @@ class Recorder:
     def __init__(self) -> None:
         self.stack: list[Node] = []
         self.active = False
+        self.round_trips = 0
 
     def push(self, label: str) -> Node | None:
         if not self.active:
@@ -124,10 +126,12 @@ class Recorder:
         root = Node(ROOT, time.perf_counter_ns())
         self.stack = [root]
         self.active = True
+        self.round_trips = 0
         try:
             yield root
         finally:
             root.elapsed = time.perf_counter_ns() - root.started
+            root.round_trips = self.round_trips
             self.active = False
             self.stack = []
 
@@ -236,6 +240,23 @@ def instrument(app: Flask) -> Instrumentation:
         original = getattr(dialect, name)
         setattr(dialect, name, _timed(recorder, label, original))
         undo.append(functools.partial(setattr, dialect, name, original))
+    # psycopg waits for the server once per round trip (a statement, a BEGIN, a COMMIT,
+    # a ROLLBACK, a ping): counted, not timed (the statements and commits are).
+    try:
+        import psycopg
+    except ImportError:
+        psycopg = None
+    if psycopg is not None and "wait" in vars(psycopg.Connection):
+        original_wait = vars(psycopg.Connection)["wait"]
+
+        @functools.wraps(original_wait)
+        def counted_wait(*args: Any, **kwargs: Any) -> Any:
+            if recorder.active:
+                recorder.round_trips += 1
+            return original_wait(*args, **kwargs)
+
+        psycopg.Connection.wait = counted_wait
+        undo.append(functools.partial(setattr, psycopg.Connection, "wait", original_wait))
     return Instrumentation(recorder, missing, undo)
 
 
@@ -251,6 +272,7 @@ def _name(func: Any) -> str:
 @dataclass
 class Budget:
     calls: int
+    round_trips: list[int]
     # path (labels from the root) -> per-call inclusive ns, and per-call own ns
     inclusive: dict[tuple[str, ...], list[int]]
     own: dict[tuple[str, ...], list[int]]
@@ -287,7 +309,8 @@ def aggregate(roots: list[Node]) -> Budget:
         missing = len(roots) - len(inclusive[key])
         inclusive[key] += [0] * missing
         own[key] += [0] * missing
-    return Budget(len(roots), dict(inclusive), dict(own), dict(count), order)
+    trips = [root.round_trips for root in roots]
+    return Budget(len(roots), trips, dict(inclusive), dict(own), dict(count), order)
 
 
 def _us(ns_values: list[int], how: Callable[[list[int]], float]) -> float:
