@@ -15,7 +15,7 @@ written as it would be to gunicorn's stdout.
 
 - `--budget`: probes around each step, hook, statement and commit (bench/budget.py),
   printed as a tree with the median and mean µs per call, beside the same calls without
-  probes and the bare endpoint (bench/bare_app.py) for the engine's own cost.
+  probes and the bare endpoint (bench/baselines.py) for the engine's own cost.
 - `--time`: the uninstrumented medians only.
 - default: cProfile, sorted by `--sort`.
 """
@@ -39,7 +39,7 @@ from werkzeug.test import EnvironBuilder
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.bare_app import bare
+from bench.baselines import bare
 from bench.budget import aggregate, budget_lines, flat_totals, instrument
 from bench.harness import METERED_BODY, ORIGIN
 from wattfare_demo import create_app

@@ -4,7 +4,7 @@
     .venv/bin/python bench/run.py                  # the reported figures (~8 minutes)
 
 Both backends are served at once, each by the Procfile's gunicorn (2 workers) with the
-bench-only bare route beside the real API (bench/bare_app.py). wrk then measures, in
+bench-only baselines beside the real API (bench/baselines.py). wrk then measures, in
 rounds that alternate the order (bare/metered, SQLite/PostgreSQL) so a machine that
 gets busier or quieter during the run moves both sides alike:
 

@@ -11,7 +11,7 @@ process). Two kinds of stream, each beside its baseline, each at `--small` and
 - `local/markdown`: a metered streamed completion of a plain-text document of 8 x N
   tokens (the model streams 8 tokens a chunk, so N chunks), beside `POST
   /bench/bare-stream`, which parses the same body and streams the same tokens in the same
-  chunks with no engine (bench/bare_app.py).
+  chunks with no engine (bench/baselines.py).
 - an upstream model (`bench/stream`): a metered stream the engine proxies from the
   upstream, N chunks of one word, beside the same stream read from the upstream directly.
 
