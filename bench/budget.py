@@ -18,8 +18,8 @@ with probes around:
 A probe is a timer around the original function; nothing else changes. A probe whose
 target no longer exists (the engine is being rewritten) is reported as missing, not an
 error, and its time falls into its parent's "own" time. Times are per call, median and
-mean over the calls: the means add up to the total exactly; each "own" row is its
-node's time minus its probed children's (Python, SQLAlchemy, Flask glue).
+mean over the calls: the means add up to the total exactly; a node's "own" time is its
+time minus its probed children's (Python, SQLAlchemy, Flask glue), median over calls.
 
 The probes cost about a microsecond each; the report shows the uninstrumented call beside
 the instrumented one, so that overhead is visible rather than hidden.
@@ -318,9 +318,13 @@ def _us(ns_values: list[int], how: Callable[[list[int]], float]) -> float:
 
 
 def budget_lines(budget: Budget, *, min_mean_us: float = 1.0) -> list[str]:
-    """A Markdown table: each node's time (median, mean) and its own time, as a tree."""
+    """A Markdown table: each node's time and own time (medians), and its mean, as a tree.
+
+    Medians, because a shared machine preempts some calls for milliseconds (the means
+    show it); means, because they add up: a node's mean is its children's plus its own.
+    """
     lines = [
-        "| step (indented: inside the step above) | median µs | mean µs | own, mean µs | "
+        "| step (indented: inside the step above) | median µs | own, median µs | mean µs | "
         "per call |",
         "|---|---:|---:|---:|---:|",
     ]
@@ -330,14 +334,13 @@ def budget_lines(budget: Budget, *, min_mean_us: float = 1.0) -> list[str]:
         if mean < min_mean_us and len(key) > 1:
             continue
         depth = len(key) - 1
-        label = key[-1]
-        label = f"**{label}**" if depth == 0 else label
+        label = f"**{key[-1]}**" if depth == 0 else key[-1]
         per_call = budget.count[key] / budget.calls
         children = [k for k in budget.order if len(k) == len(key) + 1 and k[:-1] == key]
-        own = _us(budget.own[key], statistics.fmean) if children else None
+        own = f"{_us(budget.own[key], statistics.median):,.1f}" if children else ""
         lines.append(
             f"| {'  ' * depth}{'· ' * min(depth, 1)}{label} | {_us(inc, statistics.median):,.1f} | "
-            f"{mean:,.1f} | {'' if own is None else f'{own:,.1f}'} | {per_call:g} |"
+            f"{own} | {mean:,.1f} | {per_call:g} |"
         )
     return lines
 
