@@ -228,9 +228,10 @@ def grant_id(engine: Engine, token: str) -> int:
 def hot_paths(db_: Db) -> list[Statement]:
     """Run each hot path once in this process, recording every statement it sends."""
     engine, flask_app = db_.engine, db_.engine.flask
-    metered, keyed, status = engine.create_grants(3, 100)
+    metered, keyed, status, swept = engine.create_grants(4, 100)
     (one,) = engine.create_grants(1, 1)
-    plant_stale_holds(engine, [grant_id(engine, one)])
+    # Two stale holds: one the refused call releases, one left for the sweep.
+    plant_stale_holds(engine, [grant_id(engine, one), grant_id(engine, swept)])
     client = flask_app.test_client()
     sk = db_.target.secret_key
     statements: list[Statement] = []
