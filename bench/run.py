@@ -357,17 +357,25 @@ def report(sides: list[Side], rounds: int) -> list[str]:
             f"{_ms(median([r['metered']['p99_ms'] for r in lat]))} | "
             f"+{median(p99):.2f} ms ({_spread(p99, '{:+.2f}')}) | reported |"
         )
-        cpu_bare = median([r["bare"]["worker_cpu_us_per_call"] for r in tput])
-        cpu_metered = median([r["metered"]["worker_cpu_us_per_call"] for r in tput])
+
+        def cpu(runs: list[dict[str, Any]], kind: str, field: str) -> float:
+            return median([r[kind][field] for r in runs if r[kind][field] is not None])
+
+        field = "worker_cpu_us_per_call"
+        bare_cpu = [cpu(lat, "bare", field), cpu(tput, "bare", field)]
+        metered_cpu = [cpu(lat, "metered", field), cpu(tput, "metered", field)]
         lines.append(
-            f"| {side.name}, gunicorn workers' CPU per call, {THROUGHPUT_CONNECTIONS} conn. | "
-            f"{cpu_bare:,.0f} µs | {cpu_metered:,.0f} µs | +{cpu_metered - cpu_bare:,.0f} µs | — |"
+            f"| {side.name}, gunicorn workers' CPU per call, 1 / {THROUGHPUT_CONNECTIONS} "
+            f"connections | {bare_cpu[0]:,.0f} / {bare_cpu[1]:,.0f} µs | "
+            f"{metered_cpu[0]:,.0f} / {metered_cpu[1]:,.0f} µs | "
+            f"+{metered_cpu[0] - bare_cpu[0]:,.0f} / +{metered_cpu[1] - bare_cpu[1]:,.0f} µs | — |"
         )
-        if tput and tput[0]["metered"]["database_cpu_us_per_call"] is not None:
-            cpu_db = median([r["metered"]["database_cpu_us_per_call"] for r in tput])
+        field = "database_cpu_us_per_call"
+        if any(r["metered"][field] is not None for r in tput):
             lines.append(
-                f"| {side.name}, database server's CPU per call, {THROUGHPUT_CONNECTIONS} conn. | "
-                f"| {cpu_db:,.0f} µs | | — |"
+                f"| {side.name}, database server's CPU per metered call, 1 / "
+                f"{THROUGHPUT_CONNECTIONS} connections | | {cpu(lat, 'metered', field):,.0f} / "
+                f"{cpu(tput, 'metered', field):,.0f} µs | | — |"
             )
     lines.append("")
     for side in sides:
