@@ -9,6 +9,7 @@ if a service function's signature changes.
 
 from __future__ import annotations
 
+import atexit
 import json
 import math
 import os
@@ -245,6 +246,8 @@ def make_target(
     from wattfare_demo.engine.tokens import new_app_id, new_secret_key
 
     workdir = Path(tempfile.mkdtemp(prefix=f"wattfare-bench-{label}-"))
+    # Its SQLite file, wrk's input files and gunicorn's log go when the script ends.
+    atexit.register(shutil.rmtree, workdir, ignore_errors=True)
     database_url = database_url or sqlite_url(workdir)
     if secret_key is None:
         secret_key = new_secret_key("test", new_app_id())
