@@ -1,8 +1,10 @@
--- wrk script for bench/run.py: POST one JSON body, rotating bearer tokens and grant
--- tokens read from files, counting status codes, and printing a JSON summary.
+-- wrk script for the bench scripts (bench/harness.py runs it): send one request again
+-- and again, rotating bearer tokens and grant tokens read from files, counting status
+-- codes, and printing a JSON summary.
 --
--- Environment (set by bench/run.py):
---   BENCH_BODY_FILE     the request body (JSON), sent as application/json
+-- Environment (set by bench/harness.py):
+--   BENCH_METHOD        POST (default) or GET
+--   BENCH_BODY_FILE     the request body (JSON), sent as application/json; empty: none
 --   BENCH_AUTH          a fixed Authorization bearer value (a secret key), or
 --   BENCH_AUTH_FILE     bearer values, one a line, used in turn (session JWTs)
 --   BENCH_GRANTS_FILE   grant tokens, one a line, sent as x-wattfare-grant (optional)
@@ -39,15 +41,19 @@ local function read_lines(path, index, count)
   return lines
 end
 
-local body, auth, grants, uses, width
+local method, body, auth, grants, uses, width
 local sent = 0
 statuses = {}
 
 function init(args)
   local count = tonumber(os.getenv("BENCH_THREADS") or "1")
+  method = os.getenv("BENCH_METHOD") or "POST"
   local f = assert(io.open(os.getenv("BENCH_BODY_FILE"), "rb"))
   body = f:read("*a")
   f:close()
+  if body == "" then
+    body = nil
+  end
   auth = read_lines(os.getenv("BENCH_AUTH_FILE"), thread_index, count)
   if #auth == 0 then
     auth = { os.getenv("BENCH_AUTH") }
@@ -58,7 +64,10 @@ function init(args)
 end
 
 function request()
-  local headers = { ["Content-Type"] = "application/json" }
+  local headers = {}
+  if body then
+    headers["Content-Type"] = "application/json"
+  end
   if auth[1] then
     headers["Authorization"] = "Bearer " .. auth[(sent % #auth) + 1]
   end
@@ -70,7 +79,7 @@ function request()
     headers["x-wattfare-grant"] = grants[index + 1]
   end
   sent = sent + 1
-  return wrk.format("POST", nil, headers, body)
+  return wrk.format(method, nil, headers, body)
 end
 
 function response(status, headers, body)

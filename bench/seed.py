@@ -1,0 +1,160 @@
+"""Fill a migrated bench database with a large history, in bulk SQL run by the database.
+
+A year of a busy engine, in the engine's real tables (the schema comes from
+`flask db upgrade`, so the columns, constraints and indexes are the migrations'):
+
+- `apps` seeded apps, the grants spread over them;
+- `grants` grants created evenly over the last `SPAN_DAYS` days, each living 10 minutes
+  (so all but the newest are expired), half with a dollar cap, 2 % revoked;
+- `ledger` rows, `ledger // grants` per grant: 98 % settled, 1 % failed (released), 1 %
+  expired holds; a tenth streamed. Rows of the last 24 hours keep their
+  Idempotency-Key, fingerprint and stored answer, as the SDK's calls leave them (it
+  sends a key with every call); older ones have had them forgotten by the sweep.
+
+Each grant's counters agree with its ledger rows (used = its settled rows, spent = their
+cost), so the CHECK constraints hold and the accounting still adds up.
+
+PostgreSQL: `generate_series`, one INSERT … SELECT per table, with the foreign-key
+triggers off for the session while it loads (`session_replication_role = replica`: the
+rows are consistent by construction), then ANALYZE, as autovacuum would soon do.
+SQLite: a recursive CTE per table, with the journal off while it loads; no ANALYZE,
+since nothing runs it on a deployed SQLite file.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+
+SPAN_DAYS = 30
+COST_PUSD = 123_000_000  # $0.000123 a settled call
+HOLD_PUSD = 400_000_000
+CAP_PUSD = 10**12  # $1 on the capped half
+REQUESTS = 10  # each seeded grant allowed this many calls
+
+
+def _app_expr(dialect: str, grant: str, apps: int) -> str:
+    number = f"(({grant}) % {apps}) + 1"
+    if dialect == "postgresql":
+        return f"'seed' || lpad(({number})::text, 12, '0')"
+    return f"'seed' || substr('000000000000' || ({number}), -12, 12)"
+
+
+def _statements(dialect: str, *, apps: int, grants: int, ledger: int, now: int) -> list[str]:
+    """The INSERT … SELECTs, for `dialect`; `now` is the database clock, unix seconds."""
+    per_grant = max(ledger // grants, 1)
+    span = SPAN_DAYS * 86400
+    pg = dialect == "postgresql"
+    random_hex = (
+        (lambda n: f"encode(sha256(int8send({n})), 'hex')")
+        if pg
+        else (lambda _n: "lower(hex(randomblob(32)))")
+    )
+    key_hex = (lambda n: f"md5(({n})::text)") if pg else (lambda _n: "lower(hex(randomblob(16)))")
+
+    def series(name: str, first: int, last: int, body: str) -> str:
+        if pg:
+            return body.replace(
+                "FROM_SERIES", f"FROM generate_series({first}::bigint, {last}) {name}"
+            )
+        head = f"WITH RECURSIVE s({name}) AS (SELECT {first} UNION ALL "
+        head += f"SELECT {name} + 1 FROM s WHERE {name} < {last}) "  # noqa: S608 - constants
+        return head + body.replace("FROM_SERIES", "FROM s")
+
+    # A grant g was created at created(g); its ledger rows start then.
+    created = f"({now} - {span} + ((g * {span}) / {grants}))"
+    # How many of its ledger rows did not settle: its rows are n = s .. e (s = (g-1)*per,
+    # e = g*per - 1), and those with n % 100 = 0 (failed) or 1 (expired) did not. The count
+    # of n = r (mod 100) in [s, e] is (e - r + 100) / 100 - (s - 1 - r + 100) / 100 in
+    # integer division (the + 100 keeps both operands positive).
+    first, last = f"((g - 1) * {per_grant})", f"(g * {per_grant} - 1)"
+    failed_in = " + ".join(
+        f"(({last} - {r} + 100) / 100 - ({first} - 1 - {r} + 100) / 100)" for r in (0, 1)
+    )
+    used = f"({per_grant} - ({failed_in}))"
+    apps_sql = series(
+        "a",
+        1,
+        apps,
+        "INSERT INTO apps (id, name, mode, secret_hash, session_key_box, auto_approve, "
+        "created_at) SELECT "
+        + _app_expr(dialect, "a - 1", apps)
+        + f", 'Seeded app ' || a, 'test', {random_hex('a + 1000000000')}, 'seeded', "
+        + ("false" if pg else "0")
+        + f", {now - span - 86400} FROM_SERIES",
+    )
+    grants_sql = series(
+        "g",
+        1,
+        grants,
+        "INSERT INTO grants (id, app_id, token_hash, origin, subject, requests, used, reserved, "
+        "max_pusd, spent_pusd, held_pusd, created_at, expires_at, revoked_at) SELECT g, "
+        + _app_expr(dialect, "g", apps)
+        + f", {random_hex('g')}, 'https://seeded.example', NULL, {REQUESTS}, {used}, 0, "
+        f"CASE WHEN g % 2 = 0 THEN {CAP_PUSD} END, {used} * {COST_PUSD}, 0, {created}, "
+        f"{created} + 600, CASE WHEN g % 50 = 0 THEN {created} + 60 END FROM_SERIES",
+    )
+    g_of_n = f"((n / {per_grant}) + 1)"
+    started = f"({now} - {span} + (({g_of_n} * {span}) / {grants}))"
+    recent = f"{started} > {now - 86400}"
+    body = '\'{"status": 200, "headers": null, "body": "{\\"object\\": \\"chat.completion\\"}"}\''
+    ledger_sql = series(
+        "n",
+        0,
+        ledger - 1,
+        "INSERT INTO usage (id, grant_id, app_id, model, status, stream, prompt_tokens, "
+        "completion_tokens, hold_pusd, cost_pusd, error, started_at, hold_expires_at, "
+        "finished_at, duration_ms, idempotency_key, request_fingerprint, response_body) "
+        f"SELECT n + 1, {g_of_n}, "
+        + _app_expr(dialect, g_of_n, apps)
+        + ", 'local/markdown', CASE n % 100 WHEN 0 THEN 'failed' WHEN 1 THEN 'expired' "
+        "ELSE 'ok' END, " + ("n % 10 = 0" if pg else "(n % 10 = 0)") + ", 120, 80, "
+        f"{HOLD_PUSD}, CASE WHEN n % 100 IN (0, 1) THEN 0 ELSE {COST_PUSD} END, "
+        "CASE n % 100 WHEN 0 THEN 'upstream_status' WHEN 1 THEN 'hold_expired' END, "
+        f"{started}, {started} + 900, {started} + 1, 40, "
+        f"CASE WHEN {recent} THEN {key_hex('n')} END, "
+        f"CASE WHEN {recent} THEN {random_hex('n + 2000000000')} END, "
+        f"CASE WHEN {recent} THEN {body} END FROM_SERIES",
+    )
+    return [apps_sql, grants_sql, ledger_sql]
+
+
+def seed_postgres(url: str, *, apps: int, grants: int, ledger: int) -> float:
+    """Seed a migrated, empty PostgreSQL database; returns the seconds it took."""
+    import psycopg
+
+    started = time.monotonic()
+    with psycopg.connect(url, autocommit=True) as conn:
+        now = conn.execute("SELECT floor(extract(epoch FROM clock_timestamp()))::bigint")
+        now_s = now.fetchone()[0]
+        conn.execute("SET session_replication_role = replica")
+        conn.execute("SET maintenance_work_mem = '256MB'")
+        with conn.transaction():
+            for sql in _statements(
+                "postgresql", apps=apps, grants=grants, ledger=ledger, now=now_s
+            ):
+                conn.execute(sql)
+            for table in ("grants", "usage"):
+                sequence = f"pg_get_serial_sequence('{table}', 'id')"
+                conn.execute(f"SELECT setval({sequence}, (SELECT max(id) FROM {table}))")  # noqa: S608
+        conn.execute("SET session_replication_role = origin")
+        conn.execute("ANALYZE")
+    return time.monotonic() - started
+
+
+def seed_sqlite(path: str, *, apps: int, grants: int, ledger: int) -> float:
+    started = time.monotonic()
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode=OFF")
+        conn.execute("PRAGMA synchronous=OFF")
+        conn.execute("PRAGMA cache_size=-262144")  # 256 MB while loading
+        now = conn.execute("SELECT CAST(strftime('%s', 'now') AS INTEGER)").fetchone()[0]
+        conn.execute("BEGIN")
+        for sql in _statements("sqlite", apps=apps, grants=grants, ledger=ledger, now=now):
+            conn.execute(sql)
+        conn.execute("COMMIT")
+        conn.execute("PRAGMA journal_mode=WAL")  # what the app sets on every connection
+    finally:
+        conn.close()
+    return time.monotonic() - started
