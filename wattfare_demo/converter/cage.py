@@ -102,6 +102,7 @@ def _run(
         daemon=True,
     )
     child.start()
+    began = time.monotonic()
     theirs.close()
     try:
         sender = threading.Thread(target=_send, args=(ours, filename, content_type, data))
@@ -116,7 +117,7 @@ def _run(
             outcome = None
         if outcome is None:
             child.join(1)
-            raise _died(filename, child.exitcode, limits)
+            raise _died(filename, child.exitcode, limits, time.monotonic() - began)
         status, payload = outcome
         if status == "ok":
             return payload
@@ -188,8 +189,19 @@ def _too_much_memory(filename: str) -> ExtractionError:
     )
 
 
-def _died(filename: str, exitcode: int | None, limits: CageLimits) -> ExtractionError:
-    if exitcode == -signal.SIGXCPU or exitcode == -signal.SIGKILL:
+# What multiprocessing reports when the forkserver could not say how a child ended.
+_EXIT_UNKNOWN = 255
+
+
+def _died(
+    filename: str, exitcode: int | None, limits: CageLimits, ran_for: float
+) -> ExtractionError:
+    out_of_time = exitcode in (-signal.SIGXCPU, -signal.SIGKILL)
+    # An exit status the forkserver could not pass on, after the child had run as long as
+    # its CPU allowance: most likely that allowance ended it, not a damaged file.
+    if exitcode in (_EXIT_UNKNOWN, None) and ran_for >= limits.cpu_seconds:
+        out_of_time = True
+    if out_of_time:
         log.info("extraction of an upload ran out of CPU time (exit %s)", exitcode)
         return ExtractionError(
             "too_complex",
