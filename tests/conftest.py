@@ -2,7 +2,7 @@
 
 Engine tests run once per backend. The app fixture builds the real app with fresh test
 keys, exactly as `create_app` does in production, only with the tables made by
-`create_all` for speed (tests/test_migrations.py checks the migrations give the same).
+`create_all` for speed (tests/deploy/test_migrations.py checks the migrations give the same).
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def app_config(database_url: str, keys: dict[str, str], tmp_path) -> dict[str, A
         "WATTFARE_UPSTREAM_URL": None,
         "WATTFARE_UPSTREAM_API_KEY": None,
         "WATTFARE_PRICES": {},
-        # Off unless a test turns them on (tests/test_rate_limits.py): the race and
+        # Off unless a test turns them on (tests/engine/test_rate_limits.py): the race and
         # fault tests fire far more calls per minute than the default limits allow.
         "RATELIMIT_ENABLED": False,
         **keys,

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import httpx
 from joserfc import jwt
 from joserfc.jwk import OctKey
 
@@ -45,3 +49,26 @@ def chat_body(text: str = "<h1>Hi</h1><p>there</p>", **extra: Any) -> dict[str, 
         "messages": [{"role": "user", "content": f"Convert this document to markdown: {text}"}],
         **extra,
     }
+
+
+def race(url: str, headers: dict[str, str], body: dict, n: int) -> Counter:
+    return Counter(status for status, _ in race_each(url, [headers] * n, body))
+
+
+def race_each(url: str, each: list[dict[str, str]], body: dict) -> list[tuple[int, dict]]:
+    """One thread per headers in `each`, all calling at once; (status, JSON body) each.
+
+    Each call is distinct (an identical call still running would count as its retry and
+    wait for it): `user` is passed through, and costs no token on local/markdown."""
+    barrier = threading.Barrier(len(each))
+
+    def one(numbered: tuple[int, dict[str, str]]) -> tuple[int, dict]:
+        i, headers = numbered
+        distinct = {**body, "user": f"racer-{i}"}
+        with httpx.Client(timeout=60) as client:
+            barrier.wait()
+            response = client.post(f"{url}/api/v1/chat/completions", headers=headers, json=distinct)
+            return response.status_code, response.json()
+
+    with ThreadPoolExecutor(len(each)) as pool:
+        return list(pool.map(one, enumerate(each)))

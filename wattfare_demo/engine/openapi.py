@@ -1,8 +1,8 @@
 """GET /api/v1/openapi.json: the OpenAPI 3.1 document of /api/v1.
 
 The document is the checked-in, hand-written `openapi.json` beside this module: it is the
-contract, so it is read by people and reviewed like code. tests/test_openapi.py checks
-our real responses against it and tests/test_schemathesis.py fuzzes the API with it.
+contract, so it is read by people and reviewed like code. tests/engine/test_openapi.py checks
+our real responses against it and tests/engine/test_schemathesis.py fuzzes the API with it.
 It is served byte for byte, read once per process.
 """
 

@@ -2,7 +2,7 @@
 
 Every step is in STEPS, in the order they run. To add one, write a function that does
 its work in the current app context, commits, and returns how many things it handled,
-and append a `Step` (tests/test_sweep.py runs every step of the list):
+and append a `Step` (tests/engine/test_sweep.py runs every step of the list):
 
     STEPS.append(Step("drafts", "forgot {} old draft(s)", drafts.forget_old))
 

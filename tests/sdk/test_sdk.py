@@ -28,7 +28,7 @@ from wattfare_demo.sdk import (
 )
 from wattfare_demo.sdk.sessions import signing_key
 
-SDK = pathlib.Path(__file__).parent.parent / "wattfare_demo" / "sdk"
+SDK = pathlib.Path(__file__).resolve().parents[2] / "wattfare_demo" / "sdk"
 MODEL = "local/markdown"
 PROMPT = "Convert this document to markdown: <h1>Title</h1><ul><li>a</li><li>b</li></ul>"
 LONG_DOC = "Convert this document to markdown: <p>" + "word " * 200 + "</p>"

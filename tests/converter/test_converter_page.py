@@ -12,7 +12,7 @@ from flask.testing import FlaskClient
 
 from wattfare_demo.converter import filetypes, render
 
-CONVERTER = Path(__file__).resolve().parent.parent / "wattfare_demo" / "converter"
+CONVERTER = Path(__file__).resolve().parents[2] / "wattfare_demo" / "converter"
 
 
 def test_page_has_the_form_and_its_configuration(client: FlaskClient, app: Flask) -> None:

@@ -19,9 +19,8 @@ from sqlalchemy import create_engine, func, select
 from sqlalchemy.orm import Session
 
 from tests.conftest import PG_URL
-from tests.helpers import ORIGIN, chat_body, mint_session
+from tests.helpers import ORIGIN, chat_body, mint_session, race
 from tests.procfile import WebProcess, private_schema, procfile_env, run_release
-from tests.test_concurrency import race
 from wattfare_demo.config import database_url
 from wattfare_demo.engine.models import Grant, Usage
 from wattfare_demo.engine.tokens import sha256_hex

@@ -1,4 +1,4 @@
-"""Inputs Schemathesis found (tests/test_schemathesis.py), kept as plain regression tests.
+"""Inputs Schemathesis found (tests/engine/test_schemathesis.py), kept as plain regression tests.
 
 Each was answered 500, or accepted although the OpenAPI document says it is invalid; each
 is now a 400 naming the field, and charges nothing.

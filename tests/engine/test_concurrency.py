@@ -10,16 +10,13 @@ than one of them served the race.
 from __future__ import annotations
 
 import re
-import threading
 from collections import Counter
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 
-import httpx
 import pytest
 from sqlalchemy import func, select
 
-from tests.helpers import chat_body
+from tests.helpers import chat_body, race, race_each
 from tests.procfile import WebProcess, procfile_env
 from wattfare_demo.engine import grants
 from wattfare_demo.engine.apps import app_for_secret_key, set_daily_budget
@@ -27,29 +24,6 @@ from wattfare_demo.engine.models import Grant, Usage
 from wattfare_demo.extensions import db
 
 LONG_DOC = "<p>" + "word " * 300 + "</p>"
-
-
-def race(url: str, headers: dict[str, str], body: dict, n: int) -> Counter:
-    return Counter(status for status, _ in race_each(url, [headers] * n, body))
-
-
-def race_each(url: str, each: list[dict[str, str]], body: dict) -> list[tuple[int, dict]]:
-    """One thread per headers in `each`, all calling at once; (status, JSON body) each.
-
-    Each call is distinct (an identical call still running would count as its retry and
-    wait for it): `user` is passed through, and costs no token on local/markdown."""
-    barrier = threading.Barrier(len(each))
-
-    def one(numbered: tuple[int, dict[str, str]]) -> tuple[int, dict]:
-        i, headers = numbered
-        distinct = {**body, "user": f"racer-{i}"}
-        with httpx.Client(timeout=60) as client:
-            barrier.wait()
-            response = client.post(f"{url}/api/v1/chat/completions", headers=headers, json=distinct)
-            return response.status_code, response.json()
-
-    with ThreadPoolExecutor(len(each)) as pool:
-        return list(pool.map(one, enumerate(each)))
 
 
 def ledger(app) -> tuple[int, int, int, int, int]:

@@ -17,7 +17,7 @@ from tests.helpers import ORIGIN
 from wattfare_demo.origins import normalise_origin
 from wattfare_demo.sdk import Wattfare
 
-ORIGINS = Path(__file__).resolve().parent.parent / "wattfare_demo" / "origins.py"
+ORIGINS = Path(__file__).resolve().parents[2] / "wattfare_demo" / "origins.py"
 ALLOWED = "https://app.example.com"
 
 

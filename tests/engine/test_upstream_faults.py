@@ -35,7 +35,7 @@ from tests.fake_upstream import (
 from wattfare_demo.engine.models import Grant, Usage
 from wattfare_demo.extensions import db
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MODEL = FAKE_MODEL
 # $1 per million prompt tokens and $2 per million completion tokens, in pUSD per token.
 IN_PUSD, OUT_PUSD = 10**6, 2 * 10**6

@@ -4,7 +4,7 @@ Held exactly like a grant's cap: a call's worst case is held on the budget when 
 reserved, settled to its real cost or released; a call that does not fit is refused with
 402 `grant_invalid` / `app_budget`, reserving nothing. The window is the current hour of
 the database clock and the 24 before it (app_spend rows). The race across worker
-processes is in tests/test_concurrency.py.
+processes is in tests/engine/test_concurrency.py.
 """
 
 from __future__ import annotations

@@ -13,7 +13,8 @@ run and are metered; the rest meet 400 model_not_found, 402 and so on, which are
 Bounded for CI: FUZZ_EXAMPLES examples per operation and a fixed seed, well under a
 minute. For a longer, random hunt:
 
-    WATTFARE_FUZZ_EXAMPLES=500 WATTFARE_FUZZ_SEED=random .venv/bin/pytest tests/test_schemathesis.py
+    WATTFARE_FUZZ_EXAMPLES=500 WATTFARE_FUZZ_SEED=random \
+        .venv/bin/pytest tests/engine/test_schemathesis.py
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ def fuzz_config() -> SchemathesisConfig:
 
 
 # Loaded from the checked-in file at collection, one test per operation; each call goes
-# to the test's own app over WSGI (`app=`), and tests/test_openapi.py checks that the
+# to the test's own app over WSGI (`app=`), and tests/engine/test_openapi.py checks that the
 # route serves this very file.
 schema = schemathesis.openapi.from_path(openapi.PATH, config=fuzz_config())
 

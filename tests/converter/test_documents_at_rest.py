@@ -15,7 +15,7 @@ import pytest
 from tests.helpers import chat_body
 from wattfare_demo.extensions import db
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _files_written_since(folder: Path, since: float) -> list[Path]:

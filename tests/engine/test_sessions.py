@@ -3,7 +3,7 @@
 `wf.create_session(origin=…, requests=…, max_usd=…, model=…)` writes `requests`, `maxUsd`
 and `model` claims; the engine's `verify_session` reads them back into a Session, exactly
 (a dollar amount survives the trip through JSON), and POST /api/v1/grants holds the grant
-to them (tests/test_grants_api.py).
+to them (tests/engine/test_grants_api.py).
 """
 
 from __future__ import annotations
