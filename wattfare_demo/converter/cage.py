@@ -141,10 +141,11 @@ def _child_main(connection: Connection, cpu_seconds: int, memory_mb: int) -> Non
     _limit_myself(cpu_seconds, memory_mb)
     try:
         filename, content_type = connection.recv()
-        data = connection.recv_bytes()
     except (EOFError, OSError):
         return
     try:
+        # Receiving a large upload is the first allocation the memory limit can stop.
+        data = connection.recv_bytes()
         document = extract(filename, data, content_type)
         outcome: tuple[str, Any] = ("ok", document)
     except ExtractionError as error:
@@ -154,7 +155,9 @@ def _child_main(connection: Connection, cpu_seconds: int, memory_mb: int) -> Non
     except RecursionError:
         message = f"{filename} is nested too deeply to read. Save it in a simpler form."
         outcome = ("error", ExtractionError("too_complex", message))
-    del data
+    except (EOFError, OSError):
+        return
+    data = b""  # let the upload go before the answer is pickled
     try:
         connection.send(outcome)
     except MemoryError:
