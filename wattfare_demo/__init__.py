@@ -7,20 +7,18 @@ and HTTP; this module is the one place that wires both into a single Flask app.
 from __future__ import annotations
 
 import os
-import sqlite3
 from collections.abc import Mapping
 from typing import Any
 
 import click
 from flask import Flask, Response, request
-from sqlalchemy import event
-from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import demo_limits, dev_keys, health, request_log
 from .config import DEV_SECRET_KEY, database_url, load_settings
 from .converter.routes import bp as converter_bp
+from .db_connections import ping_after_idle
 from .engine import ensure_configured_app, init_engine
 from .engine.apps import parse_daily_budget
 from .extensions import db, migrate
@@ -63,6 +61,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         app.after_request(_strict_transport_security)
 
     db.init_app(app)
+    with app.app_context():
+        ping_after_idle(db.engine)  # and SQLite's pragmas: db_connections.py
     migrate.init_app(app, db, directory=os.path.join(ROOT, "migrations"))
     request_log.init_app(app)
     app.register_blueprint(health.bp)
@@ -183,20 +183,3 @@ def _check_common_settings(app: Flask) -> None:
             f"WATTFARE_PROXY_HOPS={hops!r}: give the number of proxies in front of the app "
             "that set X-Forwarded-For, from 0 (none) to 5; 1 on Heroku or Dokku."
         )
-
-
-@event.listens_for(Engine, "connect")
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    # WAL lets readers run beside the one writer; busy waiting is set by the driver's
-    # timeout (config.py). Foreign keys are off by default in SQLite. secure_delete
-    # overwrites deleted and replaced content with zeros in the pages it writes anyway,
-    # so what the sweep forgets is gone from the table's pages too. FAST, not ON: ON also
-    # rewrites whole freed pages (more than doubling a call's writes, bench/), and what
-    # could be left on one is only ever sealed (engine/sealing.py).
-    if isinstance(dbapi_connection, sqlite3.Connection):
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA secure_delete=FAST")
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.close()

@@ -35,17 +35,19 @@ def database_url(raw: str | None, instance_path: str) -> str:
 
 def engine_options(url: str, pool_size: int) -> dict[str, Any]:
     if url.startswith("sqlite"):
-        # Writers queue on SQLite's lock instead of failing at once (see also the WAL
-        # pragma set on connect in wattfare_demo/__init__.py).
+        # Writers queue on SQLite's lock instead of failing at once (see also the
+        # pragmas set on connect in wattfare_demo/db_connections.py).
         return {"connect_args": {"timeout": 30}}
     # Small hosted PostgreSQL plans allow ~20 connections in all: keep each worker's
-    # pool small and drop connections the platform closed behind our back (sizing:
-    # docs/deploy.md). A database that does not answer fails a request or /healthz in
-    # seconds instead of hanging it until the platform's router gives up.
+    # pool small and drop connections the platform closed behind our back: tested
+    # before use once they sat idle a second (db_connections.py; pool_pre_ping would
+    # ping at every checkout, twice a call). Sizing: docs/deploy.md. A database that
+    # does not answer fails a request or /healthz in seconds instead of hanging it until
+    # the platform's router gives up.
     options: dict[str, Any] = {
         "pool_size": pool_size,
         "max_overflow": 2,
-        "pool_pre_ping": True,
+        "pool_pre_ping": False,
         "pool_recycle": 300,
         "pool_timeout": 10,
     }

@@ -19,7 +19,8 @@ def load_or_create(instance_path: str) -> dict[str, Any]:
     path = os.path.join(instance_path, "wattfare-dev.json")
     try:
         with open(path) as fh:
-            return json.load(fh)
+            stored: dict[str, Any] = json.load(fh)
+            return stored
     except FileNotFoundError:
         pass
     app_id = new_app_id()
@@ -34,7 +35,8 @@ def load_or_create(instance_path: str) -> dict[str, Any]:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
         with open(path) as fh:
-            return json.load(fh)
+            written: dict[str, Any] = json.load(fh)
+            return written
     with os.fdopen(fd, "w") as fh:
         json.dump(keys, fh, indent=2)
     return keys

@@ -1,5 +1,7 @@
 """Flask extensions, created unbound and attached to the app in `create_app`."""
 
+from typing import TYPE_CHECKING
+
 from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import MetaData
@@ -21,4 +23,11 @@ class Base(DeclarativeBase):
 
 
 db = SQLAlchemy(model_class=Base)
+# The models' base class. To a type checker `db.Model` is an attribute, not a class; at
+# run time it is `Base` with Flask-SQLAlchemy's mixins (table names, binds), so the
+# checker is shown `Base`, whose columns and types are the same.
+if TYPE_CHECKING:
+    Model = Base
+else:
+    Model = db.Model
 migrate = Migrate()

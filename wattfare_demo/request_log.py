@@ -38,7 +38,7 @@ _PLAIN = re.compile(r"[\w./:@%+,~!*()'\[\]-]+", re.ASCII)
 _MAX_PATH = 200
 
 
-class _StdoutHandler(logging.StreamHandler):
+class _StdoutHandler(logging.StreamHandler[Any]):
     """Writes to whatever `sys.stdout` is when a record is emitted.
 
     A handler that kept the `sys.stdout` of the moment it was made would write to a stale
@@ -48,7 +48,7 @@ class _StdoutHandler(logging.StreamHandler):
     def __init__(self) -> None:
         super().__init__()
 
-    @property  # type: ignore[override]
+    @property
     def stream(self) -> Any:
         return sys.stdout
 
@@ -92,14 +92,17 @@ def note(**facts: str | None) -> None:
 
 
 def _facts() -> dict[str, Any]:
-    return request.environ.setdefault(_FACTS, {})
+    facts: dict[str, Any] = request.environ.setdefault(_FACTS, {})
+    return facts
 
 
 def _start(_sender: Flask, **_extra: Any) -> None:
-    note(started=time.perf_counter())
+    _facts()["started"] = time.perf_counter()
 
 
 def _log_response(response: Response) -> Response:
+    if not log.isEnabledFor(logging.INFO):
+        return response  # the line is turned off (e.g. logging.disable): build nothing
     fields = {
         "method": request.method,
         "path": _safe_path(request.path),
@@ -119,14 +122,15 @@ def _log_response(response: Response) -> Response:
 
 
 def _emit(fields: dict[str, Any], facts: dict[str, Any]) -> None:
+    # Every API call writes this line: it is built as one f-string (no intermediate dict),
+    # and only the text fields pass through the quoting check, not the two numbers.
     started = facts.get("started", time.perf_counter())
-    line = {
-        **fields,
-        "duration_ms": int((time.perf_counter() - started) * 1000),
-        "app": facts.get("app") or "-",
-        "outcome": facts.get("outcome") or "-",
-    }
-    log.info(" ".join(f"{key}={_value(value)}" for key, value in line.items()))
+    duration_ms = int((time.perf_counter() - started) * 1000)
+    log.info(
+        f"method={_value(fields['method'])} path={_value(fields['path'])} "
+        f"status={fields['status']} duration_ms={duration_ms} "
+        f"app={_value(facts.get('app') or '-')} outcome={_value(facts.get('outcome') or '-')}"
+    )
 
 
 def _refusal(response: Response) -> str | None:

@@ -62,7 +62,7 @@ def _json_under_api(exc: HTTPException) -> Response | HTTPException:
             f"{method} {rule.rule}"
             for rule in current_app.url_map.iter_rules()
             if rule.rule.startswith(prefix + "/")
-            for method in (rule.methods or ()) - {"HEAD", "OPTIONS"}
+            for method in (rule.methods or set()) - {"HEAD", "OPTIONS"}
         )
         exc.description = (
             f"There is no {request.method} {request.path}. The endpoints under {prefix} "

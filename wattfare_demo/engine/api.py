@@ -15,11 +15,10 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from ..request_log import note
 from . import grants, idempotency, metering, responses
-from .apps import app_for_secret_key, origin_allowed
+from .apps import CallingApp, calling_app, origin_allowed
 from .chat_completions import ChatCompletionsRenderer
 from .errors import ApiError, error_response, http_error_response, invalid_request
 from .metering import MeteredCall, registry
-from .models import App
 from .pricing import pusd_to_usd
 from .sessions import check_within_session, verify_session
 from .validation import json_body, parse_chat_request, parse_grant_request
@@ -73,9 +72,9 @@ def _bearer() -> str:
     return value.strip()
 
 
-def authenticate_app() -> App:
+def authenticate_app() -> CallingApp:
     """The app whose secret key is in the Authorization header, or 401."""
-    app = app_for_secret_key(_bearer())
+    app = calling_app(_bearer())
     if app is None:
         raise ApiError(
             401,

@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from flask import Response, jsonify
 from werkzeug.exceptions import HTTPException
@@ -75,7 +75,7 @@ def http_error_response(exc: HTTPException) -> Response:
     if exc.response is not None:
         # The exception carries its finished answer (the rate limiter's 429, already in
         # this shape with Retry-After): send it as it is.
-        return exc.response
+        return cast(Response, exc.response)
     code = (exc.name or "error").lower().replace(" ", "_")
     error = ApiError(exc.code or 500, code, exc.description or exc.name or "Error")
     response = error_response(error)

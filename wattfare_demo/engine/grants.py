@@ -19,25 +19,31 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
+    Integer,
     String,
     bindparam,
-    delete,
+    exists,
     func,
+    literal,
     literal_column,
     or_,
     select,
     text,
-    update,
+    true,
 )
+from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
 
 from ..extensions import db
 from .clock import db_now
+from .driver import Statement
 from .errors import ApiError, grant_invalid
-from .models import App, AppSpend, Grant, SessionUse, Usage
+from .models import App, AppSpend, Grant, SessionUse, Usage, table
 from .pricing import Price
 from .tokens import grant_token_is_well_formed, new_grant_token, sha256_hex
 
@@ -60,7 +66,9 @@ class GrantBalance:
     remaining_pusd: int | None  # None: no dollar cap
 
     @classmethod
-    def of(cls, requests: int, used: int, reserved: int, cap: int | None, spent: int, held: int):
+    def of(
+        cls, requests: int, used: int, reserved: int, cap: int | None, spent: int, held: int
+    ) -> GrantBalance:
         return cls(requests - used - reserved, None if cap is None else cap - spent - held)
 
 
@@ -112,13 +120,13 @@ def create_grant(
         jti, expires_at = session
         try:
             db.session.execute(
-                SessionUse.__table__.insert().values(app_id=app.id, jti=jti, expires_at=expires_at)
+                table(SessionUse).insert().values(app_id=app.id, jti=jti, expires_at=expires_at)
             )
         except IntegrityError:
             db.session.rollback()
             raise session_used() from None
     row = db.session.execute(
-        Grant.__table__.insert()
+        _grants.insert()
         .values(
             app_id=app.id,
             token_hash=sha256_hex(token),
@@ -133,7 +141,7 @@ def create_grant(
             held_pusd=0,
             expires_at=db_now() + ttl,
         )
-        .returning(Grant.__table__.c.expires_at)
+        .returning(_grants.c.expires_at)
     ).one()
     db.session.commit()
     return NewGrant(token=token, expires_at=row.expires_at, requests=requests)
@@ -141,25 +149,24 @@ def create_grant(
 
 def forget_used_sessions() -> int:
     """Forget the ids of session tokens that have expired (they are refused anyway)."""
-    result = db.session.execute(
-        delete(SessionUse).where(SessionUse.expires_at < db_now() - SESSION_USE_MARGIN)
-    )
+    result = _FORGET_SESSIONS.run()
     db.session.commit()
     return result.rowcount or 0
 
 
-_grants = Grant.__table__
-_usage = Usage.__table__
-_apps = App.__table__
-_spend = AppSpend.__table__
+_grants = table(Grant)
+_usage = table(Usage)
+_apps = table(App)
+_spend = table(AppSpend)
+_session_uses = table(SessionUse)
 
-# The hot path's statements are built once, here, with bind parameters. Building a
-# statement per call and letting SQLAlchemy derive its cache key each time cost more
-# than running it (about 0.3 ms a statement on SQLite); a module-level statement
-# derives its key once. They are Core statements on the tables, executed with
-# `_execute`, which skips the ORM's bulk-UPDATE machinery (no objects are loaded, so
-# there is nothing in the session to synchronise). The SQL is exactly what the ORM
-# built before: one conditional UPDATE … RETURNING reserves.
+# The accounting's statements are built once, here, as Core statements on the tables
+# with bind parameters, and run as `driver.Statement`s: compiled once per dialect, then
+# executed on the session's connection with no per-call SQLAlchemy work (driver.py says
+# what that saves). The parts they are built from have a leading underscore and a
+# lower-case name; the functions below run only the `Statement`s. The rule stays in one
+# statement: one conditional UPDATE … RETURNING reserves (on PostgreSQL the same UPDATE,
+# as a CTE, also opens the ledger row, in one round trip).
 _BALANCE = (
     _grants.c.id,
     _grants.c.requests,
@@ -170,16 +177,22 @@ _BALANCE = (
     _grants.c.held_pusd,
 )
 _hold = bindparam("p_hold", type_=BigInteger)
+_app_id = bindparam("p_app_id", type_=String(32))
+_model = bindparam("p_model", type_=String(200))
+_stream = bindparam("p_stream", type_=Boolean)
+_hold_ttl = bindparam("p_hold_ttl", type_=BigInteger)
+_budget_hour = bindparam("p_budget_hour", type_=BigInteger)
+_cost = bindparam("p_cost", type_=BigInteger)
 # The app's budget rides along (a primary-key lookup, no lock): most apps have none, and
 # then reserving costs no statement more than it did before budgets existed.
-_APP_BUDGET = (
+_app_budget = (
     select(_apps.c.daily_budget_pusd).where(_apps.c.id == _grants.c.app_id).scalar_subquery()
 )
-_RESERVE = (
+_reserve = (
     _grants.update()
     .where(
         _grants.c.token_hash == bindparam("p_token_hash"),
-        _grants.c.app_id == bindparam("p_app_id"),
+        _grants.c.app_id == _app_id,
         _grants.c.revoked_at.is_(None),
         _grants.c.expires_at > db_now(),
         _grants.c.used + _grants.c.reserved < _grants.c.requests,
@@ -187,29 +200,65 @@ _RESERVE = (
             _grants.c.max_pusd.is_(None),
             _grants.c.spent_pusd + _grants.c.held_pusd + _hold <= _grants.c.max_pusd,
         ),
-        or_(_grants.c.model.is_(None), _grants.c.model == bindparam("p_model")),
+        or_(_grants.c.model.is_(None), _grants.c.model == _model),
     )
     .values(reserved=_grants.c.reserved + 1, held_pusd=_grants.c.held_pusd + _hold)
-    .returning(*_BALANCE, _APP_BUDGET.label("daily_budget_pusd"))
+    .returning(*_BALANCE, _app_budget.label("daily_budget_pusd"))
+)
+_RESERVE = Statement(_reserve)
+# The ledger row of a reservation: what settle or release will claim.
+_usage_values = {
+    "grant_id": bindparam("p_grant_id", type_=Integer),
+    "app_id": _app_id,
+    "model": _model,
+    "status": literal("pending", String(10)),
+    "stream": _stream,
+    "prompt_tokens": literal(0, Integer),
+    "completion_tokens": literal(0, Integer),
+    "hold_pusd": _hold,
+    "cost_pusd": literal(0, BigInteger),
+    "hold_expires_at": db_now() + _hold_ttl,
+    "budget_hour": _budget_hour,
+}
+_OPEN_USAGE = Statement(_usage.insert().values(_usage_values).returning(_usage.c.id))
+# PostgreSQL: the reservation and its ledger row in ONE statement, one round trip. The
+# UPDATE is the same conditional statement as _RESERVE, the single source of truth; the
+# INSERT reads its RETURNING, so it adds a row only when the grant allowed the call, and
+# only for an app without a daily budget (a budgeted app's hold must first fit the
+# budget: reserve() then opens the row with _OPEN_USAGE, as on SQLite, whose DML cannot
+# be a CTE). No row back: refused, nothing written.
+_reserved = _reserve.cte("reserved")
+_opened = (
+    _usage.insert()
+    .from_select(
+        list(_usage_values),
+        select(
+            _reserved.c.id,
+            *[value for name, value in _usage_values.items() if name != "grant_id"],
+        ).where(_reserved.c.daily_budget_pusd.is_(None)),
+    )
+    .returning(_usage.c.id)
+    .cte("opened")
+)
+_RESERVE_AND_OPEN = Statement(
+    select(*_reserved.c, _opened.c.id.label("usage_id")).select_from(
+        _reserved.outerjoin(_opened, true())
+    )
 )
 # Serialises one budgeted app's reservations: a row lock on its apps row, held until the
 # reservation commits. NO KEY UPDATE, so inserting grants (whose foreign key takes a KEY
 # SHARE lock on the same row) is not blocked by it. SQLite has no row locks and needs
 # none: the grant UPDATE before it has taken the database's one write lock. The hour is
 # read here, once, so the window and the hold agree on it.
-_LOCK_BUDGET = (
+_LOCK_BUDGET = Statement(
     select(_apps.c.daily_budget_pusd, (db_now() // 3600).label("hour"))
-    .where(_apps.c.id == bindparam("p_app_id"), _apps.c.daily_budget_pusd.is_not(None))
+    .where(_apps.c.id == _app_id, _apps.c.daily_budget_pusd.is_not(None))
     .with_for_update(key_share=True)
 )
-_budget_hour = bindparam("p_hour", type_=BigInteger)
-_SPEND_TO_BUDGET = (
+_SPEND_TO_BUDGET = Statement(
     _spend.update()
-    .where(_spend.c.app_id == bindparam("p_app_id"), _spend.c.hour == _budget_hour)
-    .values(
-        spent_pusd=_spend.c.spent_pusd + bindparam("p_cost", type_=BigInteger),
-        held_pusd=_spend.c.held_pusd - _hold,
-    )
+    .where(_spend.c.app_id == _app_id, _spend.c.hour == _budget_hour)
+    .values(spent_pusd=_spend.c.spent_pusd + _cost, held_pusd=_spend.c.held_pusd - _hold)
 )
 
 
@@ -220,91 +269,130 @@ _SPEND_TO_BUDGET = (
 # It runs under _LOCK_BUDGET, after the lock was granted, so on PostgreSQL its snapshot
 # sees every reservation of this app that committed before it; settles and releases
 # running beside it only ever lower the sum. Written as SQL text, the same for SQLite and
-# PostgreSQL: SQLAlchemy's dialect upsert constructs cannot be cached, and compiling one
-# on every call cost more than the statement (bench/profile_call.py --daily-budget).
-_HOLD_IN_BUDGET = text(
-    """
+# PostgreSQL (SQLAlchemy's dialect upsert constructs have no cache key).
+_HOLD_IN_BUDGET = Statement(
+    text(
+        """
     INSERT INTO app_spend (app_id, hour, spent_pusd, held_pusd)
-    SELECT :p_app_id, :p_hour, 0, :p_hold
+    SELECT :p_app_id, :p_budget_hour, 0, :p_hold
     WHERE (
         SELECT COALESCE(SUM(spent_pusd + held_pusd), 0) FROM app_spend
-        WHERE app_id = :p_app_id AND hour >= :p_hour - :p_window
+        WHERE app_id = :p_app_id AND hour >= :p_budget_hour - :p_window
     ) + :p_hold <= :p_budget
     ON CONFLICT (app_id, hour) DO UPDATE SET held_pusd = app_spend.held_pusd + excluded.held_pusd
     RETURNING hour
     """
-).bindparams(
-    # Typed, so PostgreSQL reads the same parameter as the same type in both places.
-    bindparam("p_app_id", type_=String(32)),
-    bindparam("p_hour", type_=BigInteger),
-    bindparam("p_hold", type_=BigInteger),
-    bindparam("p_budget", type_=BigInteger),
-    bindparam("p_window", value=BUDGET_WINDOW_HOURS, type_=BigInteger),
-)
-
-
-_OPEN_USAGE = (
-    _usage.insert()
-    .values(
-        grant_id=bindparam("p_grant_id"),
-        app_id=bindparam("p_app_id"),
-        model=bindparam("p_model"),
-        status="pending",
-        stream=bindparam("p_stream"),
-        prompt_tokens=0,
-        completion_tokens=0,
-        hold_pusd=_hold,
-        cost_pusd=0,
-        hold_expires_at=db_now() + bindparam("p_hold_ttl", type_=BigInteger),
-        budget_hour=bindparam("p_budget_hour", type_=BigInteger),
+    ).bindparams(
+        # Typed, so PostgreSQL reads the same parameter as the same type in both places.
+        _app_id,
+        _budget_hour,
+        _hold,
+        bindparam("p_budget", type_=BigInteger),
+        bindparam("p_window", value=BUDGET_WINDOW_HOURS, type_=BigInteger),
     )
-    .returning(_usage.c.id)
 )
-_CLAIM_SETTLE = (
+_claim_settle = (
     _usage.update()
     .where(_usage.c.id == bindparam("p_usage_id"), _usage.c.status == "pending")
     .values(
         status="ok",
         prompt_tokens=bindparam("p_prompt_tokens"),
         completion_tokens=bindparam("p_completion_tokens"),
-        cost_pusd=bindparam("p_cost", type_=BigInteger),
+        cost_pusd=_cost,
         error=bindparam("p_error"),
         finished_at=db_now(),
         duration_ms=bindparam("p_duration_ms"),
     )
     .returning(_usage.c.id, _usage.c.app_id, _usage.c.budget_hour)
 )
-_CHARGE = (
+_CLAIM_SETTLE = Statement(_claim_settle)
+_charge = (
     _grants.update()
-    .where(_grants.c.id == bindparam("p_grant_id"))
+    .where(_grants.c.id == bindparam("p_grant_id", type_=Integer))
     .values(
         reserved=_grants.c.reserved - 1,
         used=_grants.c.used + 1,
         held_pusd=_grants.c.held_pusd - _hold,
-        spent_pusd=_grants.c.spent_pusd + bindparam("p_cost", type_=BigInteger),
+        spent_pusd=_grants.c.spent_pusd + _cost,
     )
     .returning(*_BALANCE)
 )
-
-
-def _execute(statement, **params):
-    """Run a prebuilt Core statement in the session's transaction."""
-    return db.session.execute(statement, params)
-
-
-def _returning_balance():
-    return (
-        Grant.id,
-        Grant.requests,
-        Grant.used,
-        Grant.reserved,
-        Grant.max_pusd,
-        Grant.spent_pusd,
-        Grant.held_pusd,
+_CHARGE = Statement(_charge)
+# PostgreSQL: the settlement in ONE statement. The ledger row is claimed first (pending →
+# ok), and the grant is charged only if that claim returned its row (EXISTS on the
+# claim's RETURNING): a hold the sweeper released meanwhile charges nothing. No row back:
+# not claimed.
+_claimed = _claim_settle.cte("claimed")
+_charged = _charge.where(exists(select(_claimed.c.id))).cte("charged")
+_SETTLE_AND_CHARGE = Statement(
+    select(_claimed.c.app_id, _claimed.c.budget_hour, *_charged.c).select_from(
+        _claimed.join(_charged, true())
     )
+)
+_RELEASE_CLAIM = Statement(
+    _usage.update()
+    .where(_usage.c.id == bindparam("p_usage_id"), _usage.c.status == "pending")
+    .values(
+        status="failed",
+        error=bindparam("p_error"),
+        finished_at=db_now(),
+        duration_ms=bindparam("p_duration_ms"),
+    )
+    .returning(_usage.c.app_id, _usage.c.budget_hour)
+)
+_GIVE_BACK = Statement(
+    _grants.update()
+    .where(_grants.c.id == bindparam("p_grant_id", type_=Integer))
+    .values(reserved=_grants.c.reserved - 1, held_pusd=_grants.c.held_pusd - _hold)
+)
+# 'pending' as a literal, not a bound parameter: SQLite uses the partial index
+# ix_usage_pending_hold only for a WHERE that names its exact term.
+_stale = (
+    _usage.update()
+    .where(_usage.c.status == literal_column("'pending'"), _usage.c.hold_expires_at < db_now())
+    .values(status="expired", error="hold_expired", finished_at=db_now())
+    .returning(_usage.c.grant_id, _usage.c.hold_pusd, _usage.c.app_id, _usage.c.budget_hour)
+)
+_RELEASE_STALE = Statement(_stale)
+_RELEASE_STALE_OF_GRANT = Statement(
+    _stale.where(_usage.c.grant_id == bindparam("p_grant_id", type_=Integer))
+)
+_REVOKE = Statement(
+    _grants.update()
+    .where(_grants.c.id == bindparam("p_grant_id", type_=Integer), _grants.c.revoked_at.is_(None))
+    .values(revoked_at=db_now())
+)
+_FORGET_SESSIONS = Statement(
+    _session_uses.delete().where(_session_uses.c.expires_at < db_now() - SESSION_USE_MARGIN)
+)
+_FORGET_SPENDING = Statement(
+    _spend.delete().where(
+        _spend.c.hour < db_now() // 3600 - BUDGET_WINDOW_HOURS, _spend.c.held_pusd == 0
+    )
+)
+_WINDOW_SPEND = Statement(
+    select(
+        func.coalesce(func.sum(_spend.c.spent_pusd), 0).label("spent"),
+        func.coalesce(func.sum(_spend.c.held_pusd), 0).label("held"),
+    ).where(_spend.c.app_id == _app_id, _spend.c.hour >= db_now() // 3600 - BUDGET_WINDOW_HOURS)
+)
+_NOW = Statement(select(db_now().label("now")))
+_BALANCE_BY_ID = Statement(
+    select(*_BALANCE).where(_grants.c.id == bindparam("p_grant_id", type_=Integer))
+)
 
 
-def _balance(row) -> GrantBalance:
+def _on_postgresql() -> bool:
+    """Whether the session's database is PostgreSQL (its one-statement phases)."""
+    return db.session.get_bind().dialect.name == "postgresql"
+
+
+def _db_clock() -> int:
+    """The database clock, now (unix seconds)."""
+    return int(_NOW.run().scalar_one())
+
+
+def _balance(row: Row[Any]) -> GrantBalance:
     return GrantBalance.of(
         row.requests, row.used, row.reserved, row.max_pusd, row.spent_pusd, row.held_pusd
     )
@@ -337,11 +425,21 @@ def reserve(
     while attempts < _RESERVE_ATTEMPTS:
         attempts += 1
         hold = price.cost_pusd(prompt_tokens, tokens)
-        row = _execute(
-            _RESERVE, p_token_hash=token_hash, p_app_id=app_id, p_hold=hold, p_model=model
-        ).one_or_none()
+        opening = {
+            "p_app_id": app_id,
+            "p_model": model,
+            "p_stream": stream,
+            "p_hold": hold,
+            "p_hold_ttl": hold_ttl,
+            "p_budget_hour": None,
+        }
+        if _on_postgresql():
+            row = _RESERVE_AND_OPEN.run(p_token_hash=token_hash, **opening).one_or_none()
+        else:
+            row = _RESERVE.run(p_token_hash=token_hash, **opening).one_or_none()
         if row is not None:
             budget_hour = None
+            usage_id = getattr(row, "usage_id", None)  # opened with it (PostgreSQL, no budget)
             if row.daily_budget_pusd is not None:
                 fits, budget_hour = _hold_budget(app_id, hold)
                 if not fits:
@@ -355,16 +453,9 @@ def reserve(
                         attempts -= 1  # the same hold again, on a lighter budget
                         continue
                     raise grant_invalid("app_budget")
-            usage_id = _execute(
-                _OPEN_USAGE,
-                p_grant_id=row.id,
-                p_app_id=app_id,
-                p_model=model,
-                p_stream=stream,
-                p_hold=hold,
-                p_hold_ttl=hold_ttl,
-                p_budget_hour=budget_hour,
-            ).scalar_one()
+            if usage_id is None:
+                opening["p_budget_hour"] = budget_hour
+                usage_id = _OPEN_USAGE.run(p_grant_id=row.id, **opening).scalar_one()
             if on_reserved is not None:
                 on_reserved(usage_id)
             db.session.commit()
@@ -390,15 +481,11 @@ def _hold_budget(app_id: str, hold: int) -> tuple[bool, int | None]:
     Inside reserve's transaction: the lock, then one conditional statement. No sum is read
     into Python and written back, so two workers can never both fit in what is left.
     """
-    lock = _execute(_LOCK_BUDGET, p_app_id=app_id).one_or_none()
+    lock = _LOCK_BUDGET.run(p_app_id=app_id).one_or_none()
     if lock is None:
         return True, None  # the budget was turned off a moment ago: nothing to hold
-    held = _execute(
-        _HOLD_IN_BUDGET,
-        p_app_id=app_id,
-        p_hour=lock.hour,
-        p_hold=hold,
-        p_budget=lock.daily_budget_pusd,
+    held = _HOLD_IN_BUDGET.run(
+        p_app_id=app_id, p_budget_hour=lock.hour, p_hold=hold, p_budget=lock.daily_budget_pusd
     ).one_or_none()
     return (False, None) if held is None else (True, held.hour)
 
@@ -421,8 +508,7 @@ def _why_refused(app_id: str, token_hash: str, model: str) -> Grant:
         raise error
     if grant.reserved and release_stale(grant.id):
         db.session.refresh(grant)
-    now = db.session.scalar(select(db_now()))
-    if grant.expires_at <= now:
+    if grant.expires_at <= _db_clock():
         raise grant_invalid("expired")
     if grant.used + grant.reserved >= grant.requests:
         raise grant_invalid("exhausted")
@@ -445,29 +531,33 @@ def settle(
     metering keeps the sealed answer for a retry there); not when nothing was charged.
     """
     cost = min(price.cost_pusd(prompt_tokens, completion_tokens), reservation.hold_pusd)
-    claimed = _execute(
-        _CLAIM_SETTLE,
-        p_usage_id=reservation.usage_id,
-        p_prompt_tokens=prompt_tokens,
-        p_completion_tokens=completion_tokens,
-        p_cost=cost,
-        p_error=error,
-        p_duration_ms=duration_ms,
-    ).one_or_none()
+    settling = {
+        "p_usage_id": reservation.usage_id,
+        "p_prompt_tokens": prompt_tokens,
+        "p_completion_tokens": completion_tokens,
+        "p_cost": cost,
+        "p_error": error,
+        "p_duration_ms": duration_ms,
+    }
+    charging = {"p_grant_id": reservation.grant_id, "p_hold": reservation.hold_pusd}
+    row: Row[Any] | None
+    if _on_postgresql():
+        claimed = row = _SETTLE_AND_CHARGE.run(**settling, **charging).one_or_none()
+    else:
+        claimed = _CLAIM_SETTLE.run(**settling).one_or_none()
+        row = None
     if claimed is None:
         # The sweeper released this hold (the call outlived WATTFARE_HOLD_TTL): the
         # request and the money went back to the grant, so nothing is charged now.
         db.session.rollback()
         log.warning("usage %s settled after its hold expired; not charged", reservation.usage_id)
         return current_balance(reservation.grant_id)
-    row = _execute(
-        _CHARGE, p_grant_id=reservation.grant_id, p_hold=reservation.hold_pusd, p_cost=cost
-    ).one()
+    if row is None:
+        row = _CHARGE.run(p_cost=cost, **charging).one()
     if claimed.budget_hour is not None:
-        _execute(
-            _SPEND_TO_BUDGET,
+        _SPEND_TO_BUDGET.run(
             p_app_id=claimed.app_id,
-            p_hour=claimed.budget_hour,
+            p_budget_hour=claimed.budget_hour,
             p_hold=reservation.hold_pusd,
             p_cost=cost,
         )
@@ -480,25 +570,15 @@ def settle(
 
 def release(reservation: Reservation, *, error: str, duration_ms: int) -> None:
     """Give back the request and the hold of a call that failed: it costs nothing."""
-    claimed = db.session.execute(
-        update(Usage)
-        .where(Usage.id == reservation.usage_id, Usage.status == "pending")
-        .values(status="failed", error=error[:40], finished_at=db_now(), duration_ms=duration_ms)
-        .returning(Usage.app_id, Usage.budget_hour),
-        execution_options={"synchronize_session": False},
+    claimed = _RELEASE_CLAIM.run(
+        p_usage_id=reservation.usage_id, p_error=error[:40], p_duration_ms=duration_ms
     ).one_or_none()
     if claimed is not None:
-        db.session.execute(
-            update(Grant)
-            .where(Grant.id == reservation.grant_id)
-            .values(reserved=Grant.reserved - 1, held_pusd=Grant.held_pusd - reservation.hold_pusd),
-            execution_options={"synchronize_session": False},
-        )
+        _GIVE_BACK.run(p_grant_id=reservation.grant_id, p_hold=reservation.hold_pusd)
         if claimed.budget_hour is not None:
-            _execute(
-                _SPEND_TO_BUDGET,
+            _SPEND_TO_BUDGET.run(
                 p_app_id=claimed.app_id,
-                p_hour=claimed.budget_hour,
+                p_budget_hour=claimed.budget_hour,
                 p_hold=reservation.hold_pusd,
                 p_cost=0,
             )
@@ -512,32 +592,18 @@ def release_stale(grant_id: int | None = None) -> int:
     by its app's daily budget, and from `flask wattfare sweep` (all of them). Returns how
     many holds were released.
     """
-    # 'pending' as a literal, not a bound parameter: SQLite uses the partial index
-    # ix_usage_pending_hold only for a WHERE that names its exact term.
-    where = [Usage.status == literal_column("'pending'"), Usage.hold_expires_at < db_now()]
-    if grant_id is not None:
-        where.append(Usage.grant_id == grant_id)
-    rows = db.session.execute(
-        update(Usage)
-        .where(*where)
-        .values(status="expired", error="hold_expired", finished_at=db_now())
-        .returning(Usage.grant_id, Usage.hold_pusd, Usage.app_id, Usage.budget_hour),
-        execution_options={"synchronize_session": False},
-    ).all()
+    if grant_id is None:
+        rows = _RELEASE_STALE.run().all()
+    else:
+        rows = _RELEASE_STALE_OF_GRANT.run(p_grant_id=grant_id).all()
     # Grants first, then the budget rows: the order every other transaction takes them in.
     for row in rows:
-        db.session.execute(
-            update(Grant)
-            .where(Grant.id == row.grant_id)
-            .values(reserved=Grant.reserved - 1, held_pusd=Grant.held_pusd - row.hold_pusd),
-            execution_options={"synchronize_session": False},
-        )
+        _GIVE_BACK.run(p_grant_id=row.grant_id, p_hold=row.hold_pusd)
     for row in rows:
         if row.budget_hour is not None:
-            _execute(
-                _SPEND_TO_BUDGET,
+            _SPEND_TO_BUDGET.run(
                 p_app_id=row.app_id,
-                p_hour=row.budget_hour,
+                p_budget_hour=row.budget_hour,
                 p_hold=row.hold_pusd,
                 p_cost=0,
             )
@@ -549,29 +615,19 @@ def release_stale(grant_id: int | None = None) -> int:
 
 def forget_old_spending() -> int:
     """Drop AppSpend rows that have left every budget window and hold nothing."""
-    result = db.session.execute(
-        delete(AppSpend).where(
-            AppSpend.hour < db_now() // 3600 - BUDGET_WINDOW_HOURS, AppSpend.held_pusd == 0
-        )
-    )
+    result = _FORGET_SPENDING.run()
     db.session.commit()
     return result.rowcount or 0
 
 
 def budget_window_spend(app_id: str) -> tuple[int, int]:
     """(spent, held) in pico-dollars over the app's current budget window."""
-    hour = db_now() // 3600
-    row = db.session.execute(
-        select(
-            func.coalesce(func.sum(AppSpend.spent_pusd), 0),
-            func.coalesce(func.sum(AppSpend.held_pusd), 0),
-        ).where(AppSpend.app_id == app_id, AppSpend.hour >= hour - BUDGET_WINDOW_HOURS)
-    ).one()
-    return int(row[0]), int(row[1])
+    row = _WINDOW_SPEND.run(p_app_id=app_id).one()
+    return int(row.spent), int(row.held)
 
 
 def current_balance(grant_id: int) -> GrantBalance:
-    row = db.session.execute(select(*_returning_balance()).where(Grant.id == grant_id)).one()
+    row = _BALANCE_BY_ID.run(p_grant_id=grant_id).one()
     return _balance(row)
 
 
@@ -593,7 +649,7 @@ def grant_status(grant: Grant) -> str:
     """active | exhausted | over_cap | expired | revoked, by the database clock."""
     if grant.revoked_at is not None:
         return "revoked"
-    if grant.expires_at <= db.session.scalar(select(db_now())):
+    if grant.expires_at <= _db_clock():
         return "expired"
     if grant.used >= grant.requests:
         return "exhausted"
@@ -603,12 +659,7 @@ def grant_status(grant: Grant) -> str:
 
 
 def revoke(grant: Grant) -> None:
-    db.session.execute(
-        update(Grant)
-        .where(Grant.id == grant.id, Grant.revoked_at.is_(None))
-        .values(revoked_at=db_now()),
-        execution_options={"synchronize_session": False},
-    )
+    _REVOKE.run(p_grant_id=grant.id)
     db.session.commit()
 
 

@@ -58,7 +58,7 @@ from . import grants
 from .caller import caller_gone
 from .clock import db_now
 from .errors import ApiError, invalid_request
-from .models import Replay, Usage
+from .models import Replay, Usage, table
 from .sealing import seal, unseal
 
 HEADER = "Idempotency-Key"
@@ -143,8 +143,8 @@ def fingerprint(grant_token: str, body: dict[str, Any], endpoint: str = "chat") 
 
 # Every call runs these, so they are built once with bind parameters (as grants.py's
 # are): building a statement per call costs more than running it.
-_replays = Replay.__table__
-_usage = Usage.__table__
+_replays = table(Replay)
+_usage = table(Usage)
 _ROW = (
     select(
         _replays.c.id,

@@ -27,7 +27,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from contextlib import closing
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
@@ -36,16 +36,17 @@ from flask import Response, current_app, stream_with_context
 
 from ..request_log import note
 from . import grants
+from .apps import CallingApp
 from .caller import caller_gone
 from .errors import ApiError, grant_invalid
 from .idempotency import Retry
-from .models import App
 from .pricing import pusd_to_usd, usd_str
 from .providers import DEFAULT_MAX_TOKENS, ModelRoute, ProviderRegistry
 from .providers.base import (
     ChatRequest,
     Completion,
     Delta,
+    EventStream,
     ProviderError,
     StreamEnd,
     StreamEvent,
@@ -91,7 +92,7 @@ class Renderer(Protocol):
 
 @dataclass(frozen=True)
 class MeteredCall:
-    app: App
+    app: CallingApp
     grant_token: str
     chat: ChatCall  # the request, in chat-completions terms
     retry: Retry
@@ -172,7 +173,8 @@ def _elapsed_ms(started: float) -> int:
 
 
 def registry() -> ProviderRegistry:
-    return current_app.extensions["wattfare_providers"]
+    providers: ProviderRegistry = current_app.extensions["wattfare_providers"]
+    return providers
 
 
 # --- the lifecycle ---------------------------------------------------------------------------
@@ -343,7 +345,7 @@ class _Lifecycle:
         return Response(stream_with_context(body), mimetype="text/event-stream", headers=headers)
 
     def _events(
-        self, items: Iterator[StreamItem], upstream: Iterator[StreamEvent]
+        self, items: Generator[StreamItem, None, None], upstream: EventStream
     ) -> Iterator[str]:
         try:
             yield from self.call.renderer.events(items)
@@ -364,8 +366,8 @@ class _Lifecycle:
         log.info("client left mid-stream: usage %s", self.reservation.usage_id)
 
     def _metered(
-        self, first: StreamEvent | None, upstream: Iterator[StreamEvent]
-    ) -> Iterator[StreamItem]:
+        self, first: StreamEvent | None, upstream: EventStream
+    ) -> Generator[StreamItem, None, None]:
         """The provider's events, accounted for: deltas, then Finished or Failed.
 
         Every way out settles or releases exactly once. Checks that may end a running
@@ -419,7 +421,7 @@ class _Lifecycle:
         return True
 
 
-def _prepend(first: StreamEvent, rest: Iterator[StreamEvent]) -> Iterator[StreamEvent]:
+def _prepend(first: StreamEvent, rest: EventStream) -> EventStream:
     yield first
     yield from rest
 

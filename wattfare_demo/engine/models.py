@@ -8,6 +8,8 @@ rounding anywhere (see pricing.py). Times are unix seconds from the database clo
 
 from __future__ import annotations
 
+from typing import cast
+
 from sqlalchemy import (
     BigInteger,
     CheckConstraint,
@@ -15,17 +17,18 @@ from sqlalchemy import (
     Index,
     Integer,
     String,
+    Table,
     Text,
     UniqueConstraint,
     text,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from ..extensions import db
+from ..extensions import Model
 from .clock import db_now
 
 
-class App(db.Model):
+class App(Model):
     """A Wattfare customer app: keys, mode and the origins allowed to ask for grants."""
 
     __tablename__ = "apps"
@@ -58,7 +61,7 @@ class App(db.Model):
         return [o.origin for o in self.origins]
 
 
-class AppOrigin(db.Model):
+class AppOrigin(Model):
     __tablename__ = "app_origins"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -70,7 +73,7 @@ class AppOrigin(db.Model):
     __table_args__ = (UniqueConstraint("app_id", "origin", name="app_origin"),)
 
 
-class Grant(db.Model):
+class Grant(Model):
     """N approved requests (and an optional dollar cap) for one app.
 
     `used` counts settled successes; `reserved` and `held_pusd` are calls in flight.
@@ -105,7 +108,7 @@ class Grant(db.Model):
     )
 
 
-class Usage(db.Model):
+class Usage(Model):
     """The ledger: one row per call that got past the reservation.
 
     status: "pending" (hold in place), "ok" (settled), "failed" (released after a
@@ -147,7 +150,7 @@ class Usage(db.Model):
     )
 
 
-class SessionUse(db.Model):
+class SessionUse(Model):
     """A session token that has created its grant: one grant per session (`jti`).
 
     Kept until the token has expired (`expires_at`, its `exp` claim): after that the token
@@ -161,7 +164,7 @@ class SessionUse(db.Model):
     expires_at: Mapped[int] = mapped_column(BigInteger, index=True)
 
 
-class AppSpend(db.Model):
+class AppSpend(Model):
     """What a budgeted app's calls cost, per hour of the database clock (`hour` = unix
     seconds // 3600): `spent_pusd` settled, `held_pusd` still held by calls in flight.
 
@@ -180,7 +183,7 @@ class AppSpend(db.Model):
     __table_args__ = (CheckConstraint("spent_pusd >= 0 AND held_pusd >= 0", name="money_positive"),)
 
 
-class Replay(db.Model):
+class Replay(Model):
     """What the engine keeps, for a while, to know a retried call and answer it again.
 
     One row per metered call (idempotency.py): the Idempotency-Key and the request are
@@ -215,3 +218,10 @@ class Replay(db.Model):
         UniqueConstraint("app_id", "key_hash", name="replay_key"),
         Index("ix_replays_request", "app_id", "request_hash"),
     )
+
+
+def table(model: type[Model]) -> Table:
+    """A model's Table, for the prebuilt Core statements of the hot path (grants.py,
+    idempotency.py). Declarative types `__table__` as any FromClause; every model here is
+    mapped to one Table."""
+    return cast(Table, model.__table__)

@@ -31,7 +31,8 @@ def document_bytes() -> bytes:
 
 def document() -> dict[str, Any]:
     """The parsed document (a fresh copy: callers may change it)."""
-    return json.loads(document_bytes())
+    parsed: dict[str, Any] = json.loads(document_bytes())
+    return parsed
 
 
 @bp.get("/openapi.json")

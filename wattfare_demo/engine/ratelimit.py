@@ -40,14 +40,16 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
+from typing import cast
 
 from flask import Flask, Response, current_app, render_template, request
+from flask.typing import RouteCallable
 from flask_limiter import Limiter, RequestLimit
 from limits import parse_many
 
 from ..origins import normalise_origin
 from ..request_log import note
-from .apps import app_for_publishable_key, app_for_secret_key
+from .apps import app_for_publishable_key, calling_app
 from .errors import ApiError, error_response
 from .sessions import verify_session
 
@@ -86,8 +88,8 @@ def _bearer() -> str:
 
 
 def app_of_secret_key() -> str:
-    """The app whose secret key authorises the call (one indexed lookup), else the sender."""
-    app = app_for_secret_key(_bearer())
+    """The app whose secret key authorises the call (apps.calling_app: cached), else the sender."""
+    app = calling_app(_bearer())
     if app is not None:
         note(app=app.id)  # for the request log line, 429s included
         return f"app:{app.id}"
@@ -269,10 +271,12 @@ def init_rate_limits(app: Flask, extra: Sequence[RouteLimit] = ()) -> Limiter | 
         if value == "off" or view is None:
             continue
         # Several limits on one view stack: Flask-Limiter checks them all, once.
-        app.view_functions[route.endpoint] = limiter.limit(
+        limited = limiter.limit(
             value,
             key_func=route.key_func,
             deduct_when=route.counts,
             on_breach=partial(too_many_requests, route),
         )(view)
+        # Flask-Limiter types its wrapper as sync or async alike; it wraps a sync view.
+        app.view_functions[route.endpoint] = cast("RouteCallable", limited)
     return limiter

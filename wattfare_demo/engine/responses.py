@@ -359,7 +359,8 @@ class ResponsesRenderer:
 
     def _response(self, status: str, output: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
         body = self.request
-        text = body.get("text") if isinstance(body.get("text"), dict) else {}
+        given = body.get("text")
+        text: dict[str, Any] = given if isinstance(given, dict) else {}
         return {
             "id": self.id,
             "object": "response",
@@ -579,13 +580,14 @@ class ResponsesRenderer:
     @staticmethod
     def _error(error: ApiError, event: Any) -> str:
         body = error.body()["error"]
-        return event(
+        rendered: str = event(
             "error",
             code=body["code"],
             message=body["message"],
             param=body.get("param"),
             error=body,
         )
+        return rendered
 
 
 __all__ = ["ResponsesRenderer", "parse"]

@@ -121,4 +121,4 @@ def new_grant_token() -> str:
 
 def grant_token_is_well_formed(value: str) -> bool:
     match = _GRANT.match(value) if isinstance(value, str) else None
-    return bool(match) and hmac.compare_digest(_checksum(match.group(1)), match.group(2))
+    return match is not None and hmac.compare_digest(_checksum(match.group(1)), match.group(2))

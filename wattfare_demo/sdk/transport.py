@@ -66,7 +66,7 @@ def backoff(attempt: int) -> float:
     """Seconds before retry number `attempt` (0-based): exponential, with equal jitter."""
     delay = min(BACKOFF_MAX, BACKOFF_BASE * 2**attempt)
     # Jitter spreads the retries of many clients that failed together; not a secret.
-    return delay / 2 + random.uniform(0, delay / 2)  # noqa: S311
+    return float(delay / 2 + random.uniform(0, delay / 2))  # noqa: S311
 
 
 def retry_delay(attempt: int, response: httpx.Response | None) -> float:

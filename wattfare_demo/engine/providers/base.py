@@ -13,7 +13,7 @@ offline `local/markdown`) leaves them at their defaults.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -87,6 +87,9 @@ class StreamEnd:
 
 
 StreamEvent = Opened | Delta | StreamEnd
+# A provider's stream is a generator, not any iterator: the metering closes it to stop
+# the upstream when a caller leaves or the cap is reached.
+EventStream = Generator[StreamEvent, None, None]
 
 
 class ProviderError(Exception):
@@ -113,7 +116,7 @@ class Provider(Protocol):
 
     def complete(self, request: ChatRequest) -> Completion: ...
 
-    def stream(self, request: ChatRequest) -> Iterator[StreamEvent]: ...
+    def stream(self, request: ChatRequest) -> EventStream: ...
 
 
 def capabilities_of(provider: object) -> frozenset[str]:

@@ -31,7 +31,15 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from .base import ChatRequest, Completion, Delta, Opened, ProviderError, StreamEnd, StreamEvent
+from .base import (
+    ChatRequest,
+    Completion,
+    Delta,
+    EventStream,
+    Opened,
+    ProviderError,
+    StreamEnd,
+)
 
 CONNECT_TIMEOUT = 10.0
 
@@ -138,7 +146,7 @@ class OpenAICompatibleProvider:
             raise self._status_error(response, response.content[:MAX_ERROR_BODY])
         return self._completion(_parse_json(response.content), request)
 
-    def stream(self, request: ChatRequest) -> Iterator[StreamEvent]:
+    def stream(self, request: ChatRequest) -> EventStream:
         """Deltas as the upstream's chunks arrive, then exactly one StreamEnd.
 
         Close the iterator (the engine uses `contextlib.closing`) to drop the upstream
@@ -232,7 +240,7 @@ class OpenAICompatibleProvider:
             extra={key: body[key] for key in PASSED_ON if body.get(key) is not None},
         )
 
-    def _events(self, lines: Iterable[str], request: ChatRequest) -> Iterator[StreamEvent]:
+    def _events(self, lines: Iterable[str], request: ChatRequest) -> EventStream:
         generated = 0  # UTF-8 bytes of text (and visible reasoning) so far
         finish: str | None = None
         prompt_tokens: int | None = None
@@ -439,8 +447,9 @@ def _content_text(content: Any) -> str | None:
 def _reasoning(message: dict[str, Any]) -> str:
     # OpenRouter says "reasoning", vLLM / DeepSeek "reasoning_content".
     for key in ("reasoning", "reasoning_content"):
-        if isinstance(message.get(key), str):
-            return message[key]
+        value = message.get(key)
+        if isinstance(value, str):
+            return value
     return ""
 
 
