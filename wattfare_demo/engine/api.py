@@ -10,16 +10,17 @@ from __future__ import annotations
 import logging
 from decimal import Decimal
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, jsonify, request, url_for
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from ..extensions import db
 from ..request_log import note
-from . import grants, idempotency, metering, responses
+from . import grants, idempotency, metering, responses, revocation
 from .apps import app_for_secret_key, origin_allowed
 from .chat_completions import ChatCompletionsRenderer
 from .errors import ApiError, error_response, http_error_response, invalid_request
 from .metering import MeteredCall, registry
-from .models import App
+from .models import App, Grant
 from .pricing import pusd_to_usd
 from .sessions import check_within_session, verify_session
 from .validation import json_body, parse_chat_request, parse_grant_request
@@ -130,7 +131,14 @@ def create_grant() -> tuple[Response, int]:
         session=(session.jti, session.expires_at),
     )
     _outcome("grant_created")
-    response = jsonify(grantToken=new.token, expiresAt=new.expires_at, requests=new.requests)
+    response = jsonify(
+        grantToken=new.token,
+        expiresAt=new.expires_at,
+        requests=new.requests,
+        # The visitor's page for this grant, on the engine's origin: what it spends, and
+        # a Revoke button. Its capability views and revokes; it never spends.
+        receiptUrl=url_for("wattfare_receipts.receipt", capability=new.receipt, _external=True),
+    )
     response.headers["Cache-Control"] = "no-store"  # it carries a token
     return response, 200
 
@@ -152,6 +160,23 @@ def _check_session_model(model: str) -> None:
 def grant_status() -> Response:
     app = authenticate_app()
     grant = grants.find_grant(app.id, grant_token_header())
+    return _grant_json(grant)
+
+
+@bp.delete("/grant")
+def revoke_grant() -> Response:
+    """The app ends a grant at once (its visitor asked it to, say): new calls get 402
+    `revoked`, and a stream running on it stops within a second. Revoking a revoked
+    grant changes nothing and answers the same."""
+    app = authenticate_app()
+    grant = grants.find_grant(app.id, grant_token_header())
+    revocation.revoke_grant(grant.id)
+    db.session.refresh(grant)
+    _outcome("grant_revoked")
+    return _grant_json(grant)
+
+
+def _grant_json(grant: Grant) -> Response:
     return jsonify(
         requests=grant.requests,
         remaining=max(grant.requests - grant.used - grant.reserved, 0),

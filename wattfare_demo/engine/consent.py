@@ -26,7 +26,17 @@ from .apps import app_for_publishable_key, origin_allowed
 from .errors import ApiError, invalid_request
 from .validation import MAX_GRANT_REQUESTS, parse_grant_request
 
-bp = Blueprint("wattfare_consent", __name__, url_prefix="/wattfare")
+# The engine's pages bring their own templates (templates/wattfare/) and their own CSS
+# and JS (static/, served at /wattfare/static/): nothing of the host app's. The receipt
+# pages (receipts.py) use the same folders.
+bp = Blueprint(
+    "wattfare_consent",
+    __name__,
+    url_prefix="/wattfare",
+    template_folder="templates",
+    static_folder="static",
+    static_url_path="/static",
+)
 
 _NONCE = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
 
@@ -172,15 +182,17 @@ def consent() -> tuple[str, int]:
             "valid origin and nonce. Close this window and try again from the app.",
             "origin" if origin is None else "nonce",
         )
-        return render_template("consent/error.html", error=error, origin=None, nonce=None), 400
+        return render_template(
+            "wattfare/consent_error.html", error=error, origin=None, nonce=None
+        ), 400
     try:
         question = read_question(args, origin)
     except ConsentError as error:
         return render_template(
-            "consent/error.html", error=error, origin=origin, nonce=nonce
+            "wattfare/consent_error.html", error=error, origin=origin, nonce=nonce
         ), error.status
     return render_template(
-        "consent/consent.html",
+        "wattfare/consent.html",
         q=question,
         nonce=nonce,
         max_usd=money(question.max_usd) if question.max_usd is not None else None,
