@@ -22,7 +22,7 @@ from .errors import ApiError, error_response, http_error_response, invalid_reque
 from .metering import MeteredCall, registry
 from .models import App, Grant
 from .pricing import pusd_to_usd
-from .sessions import check_within_session, verify_session
+from .sessions import check_within_session, exceeds_session, verify_session
 from .validation import json_body, parse_chat_request, parse_grant_request
 
 log = logging.getLogger(__name__)
@@ -118,8 +118,9 @@ def create_grant() -> tuple[Response, int]:
     # The session is the app server's answer to what this page may ask for: no more
     # requests, no higher cap, only its model, and one grant (create_grant records it).
     check_within_session(session, requests=ask.requests, max_pusd=ask.max_pusd)
-    if session.model is not None:
-        _check_session_model(session.model)
+    model = _granted_model(session.model, ask.model)
+    if model is not None:
+        _check_session_model(model)
     new = grants.create_grant(
         session.app,
         origin=session.origin,
@@ -127,7 +128,7 @@ def create_grant() -> tuple[Response, int]:
         requests=ask.requests,
         max_pusd=ask.max_pusd,
         ttl=current_app.config["WATTFARE_GRANT_TTL"],
-        model=session.model,
+        model=model,
         session=(session.jti, session.expires_at),
     )
     _outcome("grant_created")
@@ -141,6 +142,19 @@ def create_grant() -> tuple[Response, int]:
     )
     response.headers["Cache-Control"] = "no-store"  # it carries a token
     return response, 200
+
+
+def _granted_model(allowed: str | None, asked: str | None) -> str | None:
+    """The model the grant is bound to: the one the session names, which the popup
+    showed. A grant that names none gets the session's (narrower can only protect the
+    visitor); one that names another is refused, like any ask beyond its session."""
+    if allowed is None or asked is None or asked == allowed:
+        return asked or allowed
+    raise exceeds_session(
+        "model",
+        f"This session allows a grant for {allowed!r} only; the grant asks for {asked!r}. "
+        "The page must ask for the model the app's server named (requestGrant({model})).",
+    )
 
 
 def _check_session_model(model: str) -> None:
