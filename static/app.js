@@ -9,9 +9,12 @@
  * 2. The grant: the htmx twin of the seed's
  *      const result = await wf.requestGrant({ requests, maxUsd });
  *      if (!result) return;  // denied or closed: nothing is sent
- *    Convert with AI asks for N requests (plus the extra ones chosen), unless the page
- *    holds a grant with N left. The token lives in this closure only, never in storage;
- *    it is forgotten when the server says the grant has 0 left (data-grant-balance).
+ *    Convert with AI asks for N requests (plus the extra ones chosen) on the converter's
+ *    model, unless the page holds a grant with N left. The token lives in this closure
+ *    only, never in storage; it is forgotten when the server says the grant has 0 left
+ *    (data-grant-balance), or when the visitor stops it ("Stop using my grant", which
+ *    POSTs it to the demo's /api/grant/revoke). The grant's receipt link (on the engine's
+ *    origin) is shown beside what is left.
  * 3. The stream. The conversion card (#conversion-template) uses the htmx SSE extension
  *    with `sse-connect` on /api/convert. EventSource can only GET, and the upload is a
  *    POST, so `htmx.createEventSource` (the extension's hook) is replaced by
@@ -92,7 +95,8 @@
 
   // ---- 2. the grant -----------------------------------------------------------------------
 
-  let grant = null; // { token, remaining, expiresAt } while it has requests left
+  let grant = null; // { token, remaining, expiresAt, receiptUrl } while it has requests left
+  let lastReceipt = null; // the receipt of the latest grant, kept after it is used up
   let wattfare = null; // the wattfare.js client, made from the form's data-wattfare-* attributes
 
   function client(form) {
@@ -120,6 +124,7 @@
     return {
       requests: Math.min(needed + extra, Math.max(max, needed)),
       maxUsd: cap === "" ? null : Number(cap),
+      model: form.dataset.wattfareModel || null, // the popup names it and quotes for it
     };
   }
 
@@ -145,11 +150,53 @@
     if (!status) return;
     const n = grant === null ? 0 : grant.remaining;
     status.hidden = n === 0;
-    status.textContent =
+    status.querySelector("[data-grant-text]").textContent =
       n === 0
         ? ""
         : `${n} approved ${n === 1 ? "request" : "requests"} left: the next file won't ask again if that is enough.`;
+    setReceiptLink(status.querySelector("[data-receipt-link]"), n === 0 ? null : grant.receiptUrl);
   }
+
+  function setReceiptLink(link, url) {
+    if (!link) return;
+    link.hidden = !url;
+    if (url) link.href = url;
+    else link.removeAttribute("href");
+  }
+
+  // "Stop using my grant": the demo's own route revokes it with the SDK (the page never
+  // holds the secret key). A conversion running on it stops within a second.
+  async function stopGrant(form) {
+    if (grant === null) return;
+    const token = grant.token;
+    const button = form.querySelector("[data-stop-grant]");
+    button.disabled = true;
+    try {
+      const response = await fetch(form.dataset.revokeUrl, {
+        method: "POST",
+        credentials: "same-origin",
+        headers: { Accept: "application/json", "Content-Type": "application/json" },
+        body: JSON.stringify({ grantToken: token }),
+      });
+      const body = await response.json().catch(() => null);
+      if (!response.ok && !(body && body.error === "grant_used")) {
+        say(form, `The grant couldn't be stopped: ${(body && body.message) || response.status}`);
+        return;
+      }
+      if (grant !== null && grant.token === token) grant = null;
+      showGrant(form);
+      say(form, "Stopped: your grant is revoked, and nothing more can be spent with it.");
+    } catch {
+      say(form, "The server couldn't be reached, so the grant wasn't stopped. Try again.");
+    } finally {
+      button.disabled = false;
+    }
+  }
+
+  document.addEventListener("click", (event) => {
+    const button = event.target.closest("[data-stop-grant]");
+    if (button) stopGrant(button.form || document.getElementById("convert-form"));
+  });
 
   function onSubmit(event) {
     const form = event.target;
@@ -198,7 +245,9 @@
             token: result.grantToken,
             remaining: result.requests,
             expiresAt: result.expiresAt,
+            receiptUrl: result.receiptUrl || null,
           };
+          lastReceipt = grant.receiptUrl;
           showGrant(form);
           startConversion(form);
         },
@@ -209,7 +258,19 @@
 
   document.addEventListener("submit", onSubmit);
 
-  function updateGrant(balance) {
+  function updateGrant(balance, root) {
+    // The receipt next to "N requests remaining" in the conversion's footer.
+    const badge = root.querySelector ? root.querySelector("[data-remaining]") : null;
+    if (badge && lastReceipt && !badge.parentElement.querySelector("[data-receipt-link]")) {
+      const link = document.createElement("a");
+      link.className = "badge badge--link";
+      link.dataset.receiptLink = "";
+      link.target = "_blank";
+      link.rel = "noopener noreferrer";
+      link.textContent = "Receipt";
+      setReceiptLink(link, lastReceipt);
+      badge.after(link);
+    }
     const form = document.getElementById("convert-form");
     if (grant !== null && balance.grantRemaining !== "") {
       grant.remaining = Number.parseInt(balance.grantRemaining, 10) || 0;
@@ -377,7 +438,9 @@
 
   htmx.onLoad((root) => {
     for (const zone of within(root, "[data-dropzone]")) setUpDropzone(zone);
-    for (const balance of within(root, "[data-grant-balance]")) updateGrant(balance.dataset);
+    for (const balance of within(root, "[data-grant-balance]")) {
+      updateGrant(balance.dataset, balance.parentElement || root);
+    }
     // The end of a conversion: its `done` footer, or an alert in place of the stream.
     const inResult = root.closest && root.closest("#result");
     if (inResult && within(root, "[data-done], [role=alert]").length > 0) conversionEnded(root);

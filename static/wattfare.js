@@ -7,7 +7,7 @@
  *
  *   const wf = Wattfare.createWattfare({
  *     publishableKey: "pk_test_…",
- *     // POSTed on this page's origin with the question, { requests, maxUsd },
+ *     // POSTed on this page's origin with the question, { requests, maxUsd, model? },
  *     // and answers { token, expiresAt }: a session token bound to that question.
  *     session: "/api/wattfare-token",
  *   });
@@ -107,12 +107,19 @@
     }
 
     /**
-     * Ask the visitor to approve `requests` AI calls (and at most `maxUsd` dollars).
-     * Call it straight from a click or tap: the popup must open inside the gesture.
-     * Resolves to { grantToken, expiresAt, requests }, or null if the visitor denies or
-     * closes the popup; rejects with a WattfareError otherwise.
+     * Ask the visitor to approve `requests` AI calls (and at most `maxUsd` dollars), on
+     * `model` when the app's server binds its sessions to one (the popup shows it, with
+     * the most the grant can cost). Call it straight from a click or tap: the popup must
+     * open inside the gesture. Resolves to { grantToken, expiresAt, requests, receiptUrl },
+     * or null if the visitor denies or closes the popup; rejects with a WattfareError
+     * otherwise. receiptUrl is the visitor's page for the grant: show it to them.
      */
-    function requestGrant({ requests, maxUsd = null, timeoutMs = defaultTimeout } = {}) {
+    function requestGrant({
+      requests,
+      maxUsd = null,
+      model = null,
+      timeoutMs = defaultTimeout,
+    } = {}) {
       if (current) {
         current.popup.focus(); // browsers may ignore this; the error still says why
         return Promise.reject(
@@ -126,6 +133,7 @@
       url.searchParams.set("nonce", nonce);
       if (requests != null) url.searchParams.set("requests", String(requests));
       if (maxUsd != null) url.searchParams.set("maxUsd", String(maxUsd));
+      if (model != null) url.searchParams.set("model", String(model));
 
       // Synchronously, before anything is awaited: browsers allow popups only here.
       const popup = window.open(url.href, WINDOW_NAME, popupFeatures());
@@ -238,7 +246,13 @@
               const grant = message.grant || {};
               if (typeof grant.grantToken === "string" && typeof grant.expiresAt === "number") {
                 const { grantToken, expiresAt, requests: approved } = grant;
-                finish(() => resolve({ grantToken, expiresAt, requests: approved }));
+                // The visitor's receipt, on the engine's origin (view and revoke only).
+                const receiptUrl =
+                  typeof grant.receiptUrl === "string" &&
+                  grant.receiptUrl.startsWith(`${engineOrigin}/`)
+                    ? grant.receiptUrl
+                    : null;
+                finish(() => resolve({ grantToken, expiresAt, requests: approved, receiptUrl }));
               } else {
                 fail("grant_failed", "The consent window sent a malformed grant.");
               }
@@ -260,7 +274,7 @@
         }
 
         window.addEventListener("message", onMessage);
-        sessionToken({ requests, maxUsd }).then(
+        sessionToken(model == null ? { requests, maxUsd } : { requests, maxUsd, model }).then(
           (value) => {
             token = value;
             handOver();

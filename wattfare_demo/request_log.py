@@ -29,10 +29,11 @@ from flask import Flask, Response, request, request_started
 LOGGER_NAME = "wattfare.request"
 log = logging.getLogger(LOGGER_NAME)
 
-# sk_… secret keys, wfg_… grant tokens, and JWTs (session tokens): never in a log line,
+# sk_… secret keys, wfg_… grant tokens, wfr_… receipt capabilities (a receipt URL holds
+# one in its path) and JWTs (session tokens): never in a log line,
 # even if a client puts one in a URL by mistake.
 _SECRETS = re.compile(
-    r"\b(?:sk|wfg)_[0-9A-Za-z_]+|\beyJ[0-9A-Za-z_-]*\.[0-9A-Za-z_-]*(?:\.[0-9A-Za-z_-]*)?"
+    r"\b(?:sk|wfg|wfr)_[0-9A-Za-z_]+|\beyJ[0-9A-Za-z_-]*\.[0-9A-Za-z_-]*(?:\.[0-9A-Za-z_-]*)?"
 )
 _PLAIN = re.compile(r"[\w./:@%+,~!*()'\[\]-]+", re.ASCII)
 _MAX_PATH = 200

@@ -45,7 +45,7 @@ def test_creates_a_grant_and_stores_only_its_hash(app, client, secret_key):
     response = post_grant(client, mint_session(secret_key), {"requests": 3, "maxUsd": 1.5})
     assert response.status_code == 200
     body = response.get_json()
-    assert set(body) == {"grantToken", "expiresAt", "requests"}
+    assert set(body) == {"grantToken", "expiresAt", "requests", "receiptUrl"}
     assert body["requests"] == 3
     assert grant_token_is_well_formed(body["grantToken"])
     assert before + 590 <= body["expiresAt"] <= int(time.time()) + 610

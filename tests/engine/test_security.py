@@ -76,6 +76,7 @@ def full_flow(app: Flask, client: FlaskClient, secret_key: str, upstream: FakeUp
     """Everything a day of traffic does; returns every secret that went over the wire."""
     sessions = [mint_session(secret_key, sub="user-42"), mint_session(secret_key)]
     tokens = []
+    receipts = []
     for session, body in zip(
         sessions, [{"requests": 6}, {"requests": 2, "maxUsd": 0.5}], strict=True
     ):
@@ -84,6 +85,7 @@ def full_flow(app: Flask, client: FlaskClient, secret_key: str, upstream: FakeUp
         )
         assert response.status_code == 200
         tokens.append(response.get_json()["grantToken"])
+        receipts.append(response.get_json()["receiptUrl"].rsplit("/", 1)[1])
     grant, capped = tokens
     api = {"Authorization": f"Bearer {secret_key}", "x-wattfare-grant": grant}
     capped_api = {**api, "x-wattfare-grant": capped}
@@ -140,13 +142,31 @@ def full_flow(app: Flask, client: FlaskClient, secret_key: str, upstream: FakeUp
         db.session.remove()
     result = app.test_cli_runner().invoke(args=["wattfare", "sweep"])
     assert "Released 1 stale hold(s)." in result.output
-    return [*tokens, secret_key, *sessions, UPSTREAM_KEY, wrong_key, forged, expired, tampered]
+    # The visitor's receipt (its capability is in the path), and its Revoke (in the body).
+    assert client.get(f"/wattfare/receipt/{receipts[1]}").status_code == 200
+    revoked = client.post(
+        "/wattfare/receipt/revoke",
+        data={"receipt": receipts[1]},
+        headers={"Origin": "http://localhost"},
+    )
+    assert revoked.status_code == 303
+    return [
+        *tokens,
+        *receipts,
+        secret_key,
+        *sessions,
+        UPSTREAM_KEY,
+        wrong_key,
+        forged,
+        expired,
+        tampered,
+    ]
 
 
 def fragments(secret: str) -> list[str]:
     """The secret, and the parts of it that are secret on their own."""
     parts = [secret]
-    if secret.startswith("wfg_"):
+    if secret.startswith(("wfg_", "wfr_")):
         parts.append(secret[4:])
     elif secret.startswith("sk_"):
         parts.append(secret.rsplit("_", 1)[1])

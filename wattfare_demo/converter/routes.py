@@ -2,6 +2,7 @@
 
     GET  /                     the converter page
     POST /api/wattfare-token   a session token for the consent popup     (same-origin only)
+    POST /api/grant/revoke     {grantToken} -> the SDK's grant.revoke()  (same-origin only)
     POST /api/convert/plan     the file -> {"requests": N, "kind", …}    no grant (converter.plan)
     POST /api/convert          {grantToken, file}:
                                  htmx (HX-Request) or Accept: text/event-stream
@@ -126,6 +127,8 @@ def index() -> str:
         max_requests=max_requests,
         extra_choices=[n for n in EXTRA_REQUEST_CHOICES if n < max_requests],
         max_usd=current_app.config["WATTFARE_MAX_USD"],
+        # The popup shows it and quotes for it; the session binds the grant to it.
+        model=current_app.config["WATTFARE_MODEL"],
     )
 
 
@@ -164,6 +167,31 @@ def wattfare_token() -> tuple[Response, int] | Response:
     except ValueError:  # an Origin (and Host) no browser sends, e.g. with a path in it
         return _json_error(400, "invalid_origin", "The Origin header is not a web origin.")
     response = jsonify(token=session.token, expiresAt=session.expires_at)
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+# --- /api/grant/revoke -----------------------------------------------------------------
+
+
+@bp.post("/api/grant/revoke")
+def revoke_grant() -> tuple[Response, int] | Response:
+    """ "Stop using my grant": `{"grantToken": "wfg_…"}` → the SDK's grant.revoke().
+
+    The demo's own route, so the page never holds the secret key: the seam holds. Only a
+    page on this origin may ask (Origin, as for /api/wattfare-token)."""
+    origin = request.headers.get("Origin")
+    if not origin or origin != _own_origin():
+        return _json_error(
+            403, "origin_not_allowed", "Grants can only be stopped from this site's pages."
+        )
+    try:
+        body = _json_body() if request.mimetype == "application/json" else request.form
+        token = body.get("grantToken") if hasattr(body, "get") else None
+        status = service.revoke_grant(token if isinstance(token, str) else None)
+    except ConverterError as error:
+        return _error_json(error)
+    response = jsonify(status=status.status, remaining=status.remaining)
     response.headers["Cache-Control"] = "no-store"
     return response
 

@@ -67,7 +67,8 @@ _GRANT_REFUSALS: dict[str, str] = {
     "expired": "The approval has expired (grants last a few minutes)." + _ASK_AGAIN,
     "exhausted": "All the AI requests you approved have been used." + _ASK_AGAIN,
     "over_cap": "The approval's dollar cap has been reached." + _ASK_AGAIN,
-    "revoked": "The approval was withdrawn." + _ASK_AGAIN,
+    "revoked": "The approval was revoked (on its receipt, or with Stop using my grant)."
+    + _ASK_AGAIN,
     "model_not_granted": "The approval is for another AI model than this converter uses."
     + _ASK_AGAIN,
     "app_budget": "The demo is resting for today: it has used its daily AI budget. "
@@ -209,7 +210,8 @@ _MAX_QUESTION_BYTES = 1024  # {"requests": 5, "maxUsd": 0.5} is 30 bytes
 
 
 def session_question(body: bytes, *, max_requests: int, max_usd: Decimal) -> SessionQuestion:
-    """Read `{"requests": n, "maxUsd": x | null}`, within what this app allows."""
+    """Read `{"requests": n, "maxUsd": x | null, "model"?: id}`, within what this app
+    allows (the model, when the page names it, must be WATTFARE_MODEL)."""
     if len(body) > _MAX_QUESTION_BYTES:
         raise QuestionError("body", "The body is too large for {requests, maxUsd}.")
     try:
@@ -228,6 +230,11 @@ def session_question(body: bytes, *, max_requests: int, max_usd: Decimal) -> Ses
     if requests > max_requests:
         raise QuestionError(
             "requests", f"This converter approves at most {max_requests} AI requests at once."
+        )
+    model = data.get("model")
+    if model is not None and model != current_app.config["WATTFARE_MODEL"]:
+        raise QuestionError(
+            "model", f"This converter uses {current_app.config['WATTFARE_MODEL']} only."
         )
     cap = data.get("maxUsd")
     if cap is None:
@@ -382,6 +389,23 @@ def check_grant(grant_token: str | None) -> GrantStatus:
     if status.status != "active" or status.remaining < 1:
         raise _grant_refused(status.status)
     return status
+
+
+def revoke_grant(grant_token: str | None) -> GrantStatus:
+    """ "Stop using my grant": the SDK's grant.revoke() (DELETE /api/v1/grant). The engine
+    refuses every later call, and stops a conversion streaming on it within a second."""
+    token = (grant_token or "").strip()
+    if not token:
+        raise ConverterError(400, "grant_required", "No grant token was sent: nothing to stop.")
+    if not _TOKEN_SHAPE.fullmatch(token):
+        raise _grant_refused("unknown")
+    try:
+        return wattfare().grant(token).revoke()
+    except Exception as exc:
+        error = _converter_error(exc)
+        if error is None:
+            raise
+        raise error from exc
 
 
 def convert(upload: Upload, grant_token: str | None) -> Conversion:

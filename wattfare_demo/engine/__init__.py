@@ -15,7 +15,7 @@ from werkzeug.exceptions import HTTPException
 
 from ..config import DEFAULT_APP_NAME
 from ..extensions import db
-from . import api, consent, openapi
+from . import api, consent, openapi, receipts
 from .apps import KEEP, KeyConfigError, ensure_app, parse_daily_budget
 from .errors import http_error_response
 from .providers import ProviderRegistry
@@ -32,6 +32,7 @@ def init_engine(app: Flask, extra_limits: Sequence[RouteLimit] = ()) -> None:
     app.extensions["wattfare_providers"] = ProviderRegistry(app.config)
     app.register_blueprint(api.bp)
     app.register_blueprint(consent.bp)
+    app.register_blueprint(receipts.bp)
     app.register_blueprint(openapi.bp)
     app.before_request(_limit_api_body)
     # Unmatched URLs never reach a blueprint's handlers: answer them here, in JSON

@@ -10,17 +10,19 @@ from __future__ import annotations
 import logging
 from decimal import Decimal
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, jsonify, request, url_for
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from ..extensions import db
 from ..request_log import note
-from . import grants, idempotency, metering, responses
+from . import grants, idempotency, metering, responses, revocation
 from .apps import CallingApp, calling_app, origin_allowed
 from .chat_completions import ChatCompletionsRenderer
 from .errors import ApiError, error_response, http_error_response, invalid_request
 from .metering import MeteredCall, registry
+from .models import Grant
 from .pricing import pusd_to_usd
-from .sessions import check_within_session, verify_session
+from .sessions import check_within_session, exceeds_session, verify_session
 from .validation import json_body, parse_chat_request, parse_grant_request
 
 log = logging.getLogger(__name__)
@@ -116,8 +118,9 @@ def create_grant() -> tuple[Response, int]:
     # The session is the app server's answer to what this page may ask for: no more
     # requests, no higher cap, only its model, and one grant (create_grant records it).
     check_within_session(session, requests=ask.requests, max_pusd=ask.max_pusd)
-    if session.model is not None:
-        _check_session_model(session.model)
+    model = _granted_model(session.model, ask.model)
+    if model is not None:
+        _check_session_model(model)
     new = grants.create_grant(
         session.app,
         origin=session.origin,
@@ -125,13 +128,33 @@ def create_grant() -> tuple[Response, int]:
         requests=ask.requests,
         max_pusd=ask.max_pusd,
         ttl=current_app.config["WATTFARE_GRANT_TTL"],
-        model=session.model,
+        model=model,
         session=(session.jti, session.expires_at),
     )
     _outcome("grant_created")
-    response = jsonify(grantToken=new.token, expiresAt=new.expires_at, requests=new.requests)
+    response = jsonify(
+        grantToken=new.token,
+        expiresAt=new.expires_at,
+        requests=new.requests,
+        # The visitor's page for this grant, on the engine's origin: what it spends, and
+        # a Revoke button. Its capability views and revokes; it never spends.
+        receiptUrl=url_for("wattfare_receipts.receipt", capability=new.receipt, _external=True),
+    )
     response.headers["Cache-Control"] = "no-store"  # it carries a token
     return response, 200
+
+
+def _granted_model(allowed: str | None, asked: str | None) -> str | None:
+    """The model the grant is bound to: the one the session names, which the popup
+    showed. A grant that names none gets the session's (narrower can only protect the
+    visitor); one that names another is refused, like any ask beyond its session."""
+    if allowed is None or asked is None or asked == allowed:
+        return asked or allowed
+    raise exceeds_session(
+        "model",
+        f"This session allows a grant for {allowed!r} only; the grant asks for {asked!r}. "
+        "The page must ask for the model the app's server named (requestGrant({model})).",
+    )
 
 
 def _check_session_model(model: str) -> None:
@@ -151,6 +174,23 @@ def _check_session_model(model: str) -> None:
 def grant_status() -> Response:
     app = authenticate_app()
     grant = grants.find_grant(app.id, grant_token_header())
+    return _grant_json(grant)
+
+
+@bp.delete("/grant")
+def revoke_grant() -> Response:
+    """The app ends a grant at once (its visitor asked it to, say): new calls get 402
+    `revoked`, and a stream running on it stops within a second. Revoking a revoked
+    grant changes nothing and answers the same."""
+    app = authenticate_app()
+    grant = grants.find_grant(app.id, grant_token_header())
+    revocation.revoke_grant(grant.id)
+    db.session.refresh(grant)
+    _outcome("grant_revoked")
+    return _grant_json(grant)
+
+
+def _grant_json(grant: Grant) -> Response:
     return jsonify(
         requests=grant.requests,
         remaining=max(grant.requests - grant.used - grant.reserved, 0),

@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from .metering import Failed, Finished, StreamItem, balance_summary, cap_error, sse
+from .metering import Failed, Finished, StreamItem, balance_summary, sse
 from .providers.base import Completion, Delta
 
 
@@ -84,8 +84,8 @@ class ChatCompletionsRenderer:
                         "wattfare": balance_summary(balance),
                     }
                 )
-                if item.cut_at_cap:
-                    yield sse(cap_error().body())
+                if item.cut_error is not None:
+                    yield sse(item.cut_error.body())
                 yield sse("[DONE]")
             elif isinstance(item, Failed):
                 yield sse(item.error.body())

@@ -1,11 +1,13 @@
 """The consent popup: the page a visitor sees when an app asks for a grant.
 
-    GET /wattfare/consent?pk=pk_test_…&origin=https://app.example&requests=3&maxUsd=0.5&nonce=…
+    GET /wattfare/consent?pk=pk_test_…&origin=https://app.example&requests=3&maxUsd=0.5
+                         &model=openai/gpt-4o-mini&nonce=…
 
 `static/wattfare.js` opens this URL in a popup. The query string is the *question* (which
-app, for which page, how much): it is public, so it is checked here and rendered on the
-server. The *credential* (the app's session token) never travels in a URL: the opener
-sends it by postMessage once `static/consent.js` says it is ready, and Approve sends it
+app, for which page, how much, on which model: validation.GRANT_REQUEST_FIELDS): it is
+public, so it is checked here and rendered on the server, with the quote (quote.py). The
+*credential* (the app's session token) never travels in a URL: the opener sends it by
+postMessage once the engine's `static/consent.js` says it is ready, and Approve sends it
 to POST /api/v1/grants, which checks it again. docs/browser-client.md has the protocol.
 
 Anything wrong with the question (unknown key, an origin the app has not allowed, a bad
@@ -15,6 +17,7 @@ to the opener.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -24,9 +27,22 @@ from flask import Blueprint, Response, current_app, render_template, request
 from ..origins import normalise_origin
 from .apps import app_for_publishable_key, origin_allowed
 from .errors import ApiError, invalid_request
+from .pricing import pusd_to_usd
+from .providers import ProviderRegistry
+from .quote import Quote, quote, round_up_to_cent
 from .validation import MAX_GRANT_REQUESTS, parse_grant_request
 
-bp = Blueprint("wattfare_consent", __name__, url_prefix="/wattfare")
+# The engine's pages bring their own templates (templates/wattfare/) and their own CSS
+# and JS (static/, served at /wattfare/static/): nothing of the host app's. The receipt
+# pages (receipts.py) use the same folders.
+bp = Blueprint(
+    "wattfare_consent",
+    __name__,
+    url_prefix="/wattfare",
+    template_folder="templates",
+    static_folder="static",
+    static_url_path="/static",
+)
 
 _NONCE = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
 
@@ -71,13 +87,34 @@ class Question:
     origin: str
     requests: int
     max_usd: Decimal | None
+    model: str | None  # None: any priced model
+    quote: Quote
 
     @property
     def grant_body(self) -> str:
         """The exact JSON the popup will POST: built here, so no float ever touches it."""
-        if self.max_usd is None:
-            return f'{{"requests": {self.requests}}}'
-        return f'{{"requests": {self.requests}, "maxUsd": {format(self.max_usd, "f")}}}'
+        fields = [f'"requests": {self.requests}']
+        if self.max_usd is not None:
+            fields.append(f'"maxUsd": {format(self.max_usd, "f")}')
+        if self.model is not None:
+            fields.append(f'"model": {json.dumps(self.model)}')
+        return "{" + ", ".join(fields) + "}"
+
+    @property
+    def quote_text(self) -> str:
+        """The quote in words: "At most $0.04 for 3 requests (openai/gpt-4o-mini)"."""
+        q = self.quote
+        calls = f"{q.requests} request{'' if q.requests == 1 else 's'}"
+        on = f" ({q.model})" if q.model else ""
+        if q.most_pusd is None:
+            return (
+                f"No upper bound worth showing: {calls} on any model the app picks, and "
+                "prices differ a lot between models. Set a dollar cap to bound it."
+            )
+        if q.capped:
+            return f"At most {money(pusd_to_usd(q.most_pusd))} for {calls}{on}: the cap."
+        shown = money(pusd_to_usd(round_up_to_cent(q.most_pusd)))
+        return f"At most {shown} for {calls}{on}, even if every call is the largest allowed."
 
 
 class ConsentError(Exception):
@@ -124,9 +161,14 @@ def read_question(args: dict[str, str], origin: str) -> Question:
         )
     try:
         ask = parse_grant_request(
-            {"requests": _count(args.get("requests")), "maxUsd": _dollars(args.get("maxUsd"))},
+            {
+                "requests": _count(args.get("requests")),
+                "maxUsd": _dollars(args.get("maxUsd")),
+                "model": args.get("model") or None,
+            },
             Decimal(current_app.config["WATTFARE_MAX_USD"]),
         )
+        price = None if ask.model is None else registry().route(ask.model).price
     except ApiError as exc:
         raise ConsentError(400, exc.code, exc.message, exc.param) from None
     max_usd = _dollars(args.get("maxUsd")) if ask.max_pusd is not None else None
@@ -139,7 +181,14 @@ def read_question(args: dict[str, str], origin: str) -> Question:
         origin=origin,
         requests=ask.requests,
         max_usd=max_usd,
+        model=ask.model,
+        quote=quote(ask.requests, ask.max_pusd, ask.model, price),
     )
+
+
+def registry() -> ProviderRegistry:
+    providers: ProviderRegistry = current_app.extensions["wattfare_providers"]
+    return providers
 
 
 def money(amount: Decimal) -> str:
@@ -172,15 +221,17 @@ def consent() -> tuple[str, int]:
             "valid origin and nonce. Close this window and try again from the app.",
             "origin" if origin is None else "nonce",
         )
-        return render_template("consent/error.html", error=error, origin=None, nonce=None), 400
+        return render_template(
+            "wattfare/consent_error.html", error=error, origin=None, nonce=None
+        ), 400
     try:
         question = read_question(args, origin)
     except ConsentError as error:
         return render_template(
-            "consent/error.html", error=error, origin=origin, nonce=nonce
+            "wattfare/consent_error.html", error=error, origin=origin, nonce=nonce
         ), error.status
     return render_template(
-        "consent/consent.html",
+        "wattfare/consent.html",
         q=question,
         nonce=nonce,
         max_usd=money(question.max_usd) if question.max_usd is not None else None,

@@ -45,7 +45,12 @@ from .driver import Statement
 from .errors import ApiError, grant_invalid
 from .models import App, AppSpend, Grant, SessionUse, Usage, table
 from .pricing import Price
-from .tokens import grant_token_is_well_formed, new_grant_token, sha256_hex
+from .tokens import (
+    grant_token_is_well_formed,
+    new_grant_token,
+    new_receipt_capability,
+    sha256_hex,
+)
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +92,7 @@ class NewGrant:
     token: str  # shown once: only its hash is stored
     expires_at: int
     requests: int
+    receipt: str  # the receipt capability (view and revoke): shown once, stored hashed
 
 
 def session_used() -> ApiError:
@@ -116,6 +122,7 @@ def create_grant(
     hosts), one creates its grant and the other gets 409 `session_used`.
     """
     token = new_grant_token()
+    receipt = new_receipt_capability()
     if session is not None:
         jti, expires_at = session
         try:
@@ -130,6 +137,7 @@ def create_grant(
         .values(
             app_id=app.id,
             token_hash=sha256_hex(token),
+            receipt_hash=sha256_hex(receipt),
             origin=origin,
             subject=subject,
             model=model,
@@ -144,7 +152,7 @@ def create_grant(
         .returning(_grants.c.expires_at)
     ).one()
     db.session.commit()
-    return NewGrant(token=token, expires_at=row.expires_at, requests=requests)
+    return NewGrant(token=token, expires_at=row.expires_at, requests=requests, receipt=receipt)
 
 
 def forget_used_sessions() -> int:

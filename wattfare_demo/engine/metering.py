@@ -52,9 +52,14 @@ from .providers.base import (
     StreamEvent,
     capabilities_of,
 )
+from .revocation import grant_is_revoked
 from .validation import ChatCall
 
 log = logging.getLogger(__name__)
+
+# How often a running stream looks whether its grant was revoked: a stream stops within
+# this (plus one delta) of a revocation, at one primary-key read per interval.
+REVOKE_CHECK_SECONDS = 0.5
 
 # --- what a route hands over ----------------------------------------------------------
 
@@ -68,6 +73,14 @@ class Finished:
     completion_tokens: int
     balance: grants.GrantBalance
     cut_at_cap: bool  # the dollar cap, not the caller's limit, ended it: say so after
+    revoked: bool = False  # the grant was revoked while it ran: stopped, say so after
+
+    @property
+    def cut_error(self) -> ApiError | None:
+        """The typed error event a stream ended early sends after its usage, if any."""
+        if self.revoked:
+            return revoked_error()
+        return cap_error() if self.cut_at_cap else None
 
 
 @dataclass(frozen=True)
@@ -164,6 +177,15 @@ def cap_error() -> ApiError:
     return error
 
 
+def revoked_error() -> ApiError:
+    error = grant_invalid("revoked")
+    error.message = (
+        "The grant was revoked while this stream ran, and the stream was stopped. What it "
+        "generated until then is charged."
+    )
+    return error
+
+
 def _outcome(value: str) -> None:
     note(outcome=value)  # for the request log line; never a token
 
@@ -254,6 +276,8 @@ class _Lifecycle:
         self.started = started
         self.ended = False  # settled or released: exactly once
         self.completion_tokens = 0  # streamed so far
+        self.revoked = False  # seen revoked mid-stream (_may_go_on)
+        self._revoke_checked_at = time.monotonic()  # reserve() just found it unrevoked
 
     def release(self, error: str) -> None:
         self.ended = True
@@ -307,10 +331,11 @@ class _Lifecycle:
                 delivered=delivered,
             )
 
+        cut = completion.finish_reason == "length" and self._cap_limited()
         balance = self.settle(
             completion.prompt_tokens,
             completion.completion_tokens,
-            error=None if delivered else "client_gone",
+            error="client_gone" if not delivered else ("cut_at_cap" if cut else None),
             on_settled=keep,
         )
         _outcome("settled")
@@ -374,10 +399,7 @@ class _Lifecycle:
         stream early belong in `_may_go_on`, called for every delta.
         """
         reservation = self.reservation
-        capped = self.call.chat.max_tokens is None or (
-            reservation.max_tokens < self.call.chat.max_tokens
-        )
-        cap_limited = reservation.balance.remaining_pusd is not None and capped
+        cap_limited = self._cap_limited()
         # Upstream providers report an estimate while streaming (exact only at the end),
         # so allow the estimate some slack; the charge is clamped to the hold anyway.
         overrun_limit = reservation.max_tokens + reservation.max_tokens // 2 + 16
@@ -397,11 +419,12 @@ class _Lifecycle:
             finish = end.finish_reason if end else "length"
             used_prompt = end.prompt_tokens if end else self.prompt_tokens
             used_completion = end.completion_tokens if end else self.completion_tokens
-            balance = self.settle(used_prompt, used_completion)
-            _outcome("settled:stream")
-            yield Finished(
-                finish, used_prompt, used_completion, balance, finish == "length" and cap_limited
-            )
+            cut_at_cap = finish == "length" and cap_limited and not self.revoked
+            # The ledger row says why a stream ended early: the receipt page shows it.
+            why = "revoked" if self.revoked else ("cut_at_cap" if cut_at_cap else None)
+            balance = self.settle(used_prompt, used_completion, error=why)
+            _outcome("settled:revoked" if self.revoked else "settled:stream")
+            yield Finished(finish, used_prompt, used_completion, balance, cut_at_cap, self.revoked)
         except ProviderError as exc:
             self.release(exc.kind)
             _outcome(f"released:{exc.kind}")
@@ -415,9 +438,32 @@ class _Lifecycle:
                 self.release("internal")
             raise
 
+    def _cap_limited(self) -> bool:
+        """Whether the dollar cap, not the caller, set this call's output limit."""
+        reservation = self.reservation
+        capped = self.call.chat.max_tokens is None or (
+            reservation.max_tokens < self.call.chat.max_tokens
+        )
+        return reservation.balance.remaining_pusd is not None and capped
+
     def _may_go_on(self) -> bool:
         """Whether the stream may carry on. The one place for checks that end a running
-        stream (e.g. a revoked grant: query it here at most once a second)."""
+        stream: a grant revoked since the call was reserved (by the visitor on its
+        receipt page, or by the app's DELETE /api/v1/grant, in any process) stops it.
+
+        The grant's row is read at most every REVOKE_CHECK_SECONDS, on a connection of
+        its own: a primary-key read that ends no transaction of the stream's, and on
+        SQLite holds no read snapshot that would hide the revocation."""
+        if self.revoked:
+            return False
+        now = time.monotonic()
+        if now - self._revoke_checked_at < REVOKE_CHECK_SECONDS:
+            return True
+        self._revoke_checked_at = now
+        if grant_is_revoked(self.reservation.grant_id):
+            self.revoked = True
+            log.info("grant revoked mid-stream: usage %s stopped", self.reservation.usage_id)
+            return False
         return True
 
 
@@ -442,6 +488,7 @@ __all__ = [
     "balance_headers",
     "balance_summary",
     "cap_error",
+    "revoked_error",
     "run",
     "sse",
     "upstream_error",

@@ -85,6 +85,9 @@ class Grant(Model):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     app_id: Mapped[str] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"), index=True)
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    # SHA-256 of the receipt capability (tokens.py): the visitor's view-and-revoke link.
+    # None for grants made before receipts existed.
+    receipt_hash: Mapped[str | None] = mapped_column(String(64), unique=True)
     origin: Mapped[str] = mapped_column(String(255))
     subject: Mapped[str | None] = mapped_column(String(255))
     # The one model the grant may be spent on, as the app's session named it; None: any.

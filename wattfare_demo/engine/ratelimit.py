@@ -168,7 +168,7 @@ def _consent_page(wait: int, message: str) -> Response:
     raw_origin = request.args.get("origin", "")
     nonce = request.args.get("nonce", "")
     html = render_template(
-        "consent/error.html",
+        "wattfare/consent_error.html",
         error=error,
         origin=normalise_origin(raw_origin) if raw_origin else None,
         nonce=nonce if consent._NONCE.match(nonce) else None,

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .errors import ApiError, invalid_request
-from .metering import Failed, Finished, StreamItem, balance_summary, cap_error, sse
+from .metering import Failed, Finished, StreamItem, balance_summary, sse
 from .providers.base import Completion, Delta
 from .validation import ChatCall, parse_chat_request
 
@@ -534,8 +534,8 @@ class ResponsesRenderer:
                     ),
                     wattfare=balance_summary(item.balance),
                 )
-                if item.cut_at_cap:
-                    yield self._error(cap_error(), event)
+                if item.cut_error is not None:
+                    yield self._error(item.cut_error, event)
             elif isinstance(item, Failed):
                 yield self._error(item.error, event)
 

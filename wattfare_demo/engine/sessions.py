@@ -30,10 +30,10 @@ from .errors import ApiError
 from .models import App
 from .pricing import pusd_to_usd, usd_to_pusd
 from .tokens import unseal
+from .validation import MAX_MODEL_LENGTH
 
 AUDIENCE = "wattfare:grants"
 MAX_TTL = 600
-MAX_MODEL_LENGTH = 120  # Grant.model and Usage.model hold this much
 _JTI = re.compile(r"[\x21-\x7e]{1,128}")  # what SessionUse.jti holds
 
 

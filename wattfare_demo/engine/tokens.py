@@ -5,6 +5,11 @@
 - grant token      `wfg_{30 base62 chars}{6 base62 checksum}` (178 random bits; stored
   as SHA-256). The CRC32 checksum lets us reject a mistyped or truncated token without
   a database lookup and lets secret scanners recognise a real one.
+- receipt capability `wfr_{30 base62 chars}{6 base62 checksum}` (178 random bits;
+  stored as SHA-256): the visitor's link to a grant's receipt page. It can view and
+  revoke the grant, never spend it. Its own prefix and its own column keep the two
+  apart: a grant token is no receipt capability, and a receipt capability is refused
+  wherever a grant token is asked for.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ MODES = ("test", "live")
 _ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 _APP_ID = re.compile(r"^[a-z0-9]{16}$")
 _GRANT = re.compile(r"^wfg_([0-9A-Za-z]{30})([0-9A-Za-z]{6})$")
+_RECEIPT = re.compile(r"^wfr_([0-9A-Za-z]{30})([0-9A-Za-z]{6})$")
 SESSION_KEY_INFO = b"wattfare-session-v1"
 
 
@@ -121,4 +127,17 @@ def new_grant_token() -> str:
 
 def grant_token_is_well_formed(value: str) -> bool:
     match = _GRANT.match(value) if isinstance(value, str) else None
+    return match is not None and hmac.compare_digest(_checksum(match.group(1)), match.group(2))
+
+
+# --- receipt capabilities ----------------------------------------------------------------
+
+
+def new_receipt_capability() -> str:
+    body = _base62(secrets.randbits(178), 30)
+    return f"wfr_{body}{_checksum(body)}"
+
+
+def receipt_capability_is_well_formed(value: str) -> bool:
+    match = _RECEIPT.match(value) if isinstance(value, str) else None
     return match is not None and hmac.compare_digest(_checksum(match.group(1)), match.group(2))

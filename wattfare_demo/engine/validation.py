@@ -180,23 +180,58 @@ def _whole_number(body: dict[str, Any], field: str, low: int, high: int) -> int:
     return value
 
 
+# --- the grant request: the question a visitor approves -------------------------------
+
+
+@dataclass(frozen=True)
+class GrantField:
+    """One field of the grant request. This table is its one definition: POST
+    /api/v1/grants accepts these fields and no other (parse_grant_request), the consent
+    page reads them from its query string and posts them back (consent.py), wattfare.js
+    passes them through, and a test holds the OpenAPI document's GrantRequest, the
+    consent page and the SDK to it (tests/engine/test_grant_request_fields.py). A new
+    field is a row here, its parsing below, and its line on the consent page."""
+
+    name: str  # as it is spelled in JSON, in the popup's query string and in wattfare.js
+    required: bool
+    meaning: str
+
+
+GRANT_REQUEST_FIELDS = (
+    GrantField("requests", True, "how many AI calls to allow (a hard limit)"),
+    GrantField("maxUsd", False, "an optional dollar cap on what the calls may cost together"),
+    GrantField(
+        "model",
+        False,
+        "the one model the calls may use; the app's session decides it, and the page must "
+        "name the same one",
+    ),
+)
+_GRANT_FIELD_NAMES = tuple(f.name for f in GRANT_REQUEST_FIELDS)
+
+
 @dataclass(frozen=True)
 class GrantRequest:
     requests: int
     max_pusd: int | None
+    model: str | None = None  # None: any priced model (unless the session names one)
 
 
 def parse_grant_request(body: dict[str, Any], ceiling_usd: Decimal) -> GrantRequest:
-    unknown = set(body) - {"requests", "maxUsd"}
+    unknown = set(body) - set(_GRANT_FIELD_NAMES)
     if unknown:
         field = sorted(unknown)[0]
-        raise invalid_request(field, f"Unknown field {field!r}: send requests and maxUsd only.")
-    if "requests" not in body:
-        raise invalid_request("requests", "requests is required: how many AI calls to allow.")
+        raise invalid_request(
+            field, f"Unknown field {field!r}: send only {', '.join(_GRANT_FIELD_NAMES)}."
+        )
+    for wanted in GRANT_REQUEST_FIELDS:
+        if wanted.required and wanted.name not in body:
+            raise invalid_request(wanted.name, f"{wanted.name} is required: {wanted.meaning}.")
     requests = _whole_number(body, "requests", 1, MAX_GRANT_REQUESTS)
+    model = _grant_model(body.get("model"))
     max_usd = body.get("maxUsd")
     if max_usd is None:
-        return GrantRequest(requests, None)
+        return GrantRequest(requests, None, model)
     if isinstance(max_usd, bool) or not isinstance(max_usd, int | Decimal):
         raise invalid_request("maxUsd", "maxUsd must be a number of dollars, or omitted.")
     amount = Decimal(max_usd)
@@ -207,7 +242,22 @@ def parse_grant_request(body: dict[str, Any], ceiling_usd: Decimal) -> GrantRequ
     pusd = usd_to_pusd(amount)
     if pusd <= 0:
         raise invalid_request("maxUsd", "maxUsd is too small to pay for anything.")
-    return GrantRequest(requests, pusd)
+    return GrantRequest(requests, pusd, model)
+
+
+MAX_MODEL_LENGTH = 120  # Grant.model and Usage.model hold this much
+
+
+def _grant_model(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip() or len(value) > MAX_MODEL_LENGTH:
+        raise invalid_request(
+            "model",
+            f"model must be a model id of 1 to {MAX_MODEL_LENGTH} characters, e.g. "
+            '"openai/gpt-4o-mini", or omitted.',
+        )
+    return value.strip()
 
 
 @dataclass(frozen=True)

@@ -64,6 +64,18 @@ class GrantStatus:
     status: str  # active | exhausted | over_cap | expired | revoked
 
 
+def _grant_status(response: httpx.Response) -> GrantStatus:
+    data = json.loads(response.content, parse_float=Decimal)
+    return GrantStatus(
+        requests=data["requests"],
+        remaining=data["remaining"],
+        max_usd=None if data["maxUsd"] is None else Decimal(data["maxUsd"]),
+        spent_usd=Decimal(data["spentUsd"]),
+        expires_at=data["expiresAt"],
+        status=data["status"],
+    )
+
+
 class TextStream(Iterator[str]):
     """The text deltas of a streamed call. Once exhausted, `usage`, `remaining`,
     `remaining_usd` and `finish_reason` hold the call's totals.
@@ -236,15 +248,14 @@ class WattfareGrant:
     def status(self) -> GrantStatus:
         """requests, remaining, max_usd, spent_usd, expires_at and status, from the engine."""
         response = self._connection.send("GET", "/grant", headers={GRANT_HEADER: self._token})
-        data = json.loads(response.content, parse_float=Decimal)
-        return GrantStatus(
-            requests=data["requests"],
-            remaining=data["remaining"],
-            max_usd=None if data["maxUsd"] is None else Decimal(data["maxUsd"]),
-            spent_usd=Decimal(data["spentUsd"]),
-            expires_at=data["expiresAt"],
-            status=data["status"],
-        )
+        return _grant_status(response)
+
+    def revoke(self) -> GrantStatus:
+        """End the grant now (DELETE /api/v1/grant): later calls raise WattfareGrantError
+        (reason "revoked"), and a stream running on it stops within a second, charged what
+        it generated. Revoking twice is harmless. Returns the grant's state after it."""
+        response = self._connection.send("DELETE", "/grant", headers={GRANT_HEADER: self._token})
+        return _grant_status(response)
 
     def openai_client(self, **options: Any) -> openai.OpenAI:
         """The official `openai.OpenAI`, set up for this grant: base URL, key, grant header.

@@ -45,10 +45,10 @@ import csv
 import io
 import json
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-from .base import ChatRequest, Completion, Delta, StreamEnd, StreamEvent
+from .base import ChatRequest, Completion, Delta, EventStream, StreamEnd
 from .local_html import html_to_markdown
 from .local_markdown import escape, pipe_table, tidy_markdown
 
@@ -154,7 +154,7 @@ class LocalMarkdownProvider:
             completion_tokens=tokens,
         )
 
-    def stream(self, request: ChatRequest) -> Iterator[StreamEvent]:
+    def stream(self, request: ChatRequest) -> EventStream:
         """The text of `complete()` in deltas of `chunk_tokens` tokens, then a StreamEnd."""
         result = self.complete(request)
         text = result.text

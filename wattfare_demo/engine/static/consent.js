@@ -8,7 +8,9 @@
 //
 //   popup → opener   wattfare:ready    (loaded, send me the session token)
 //   opener → popup   wattfare:session  { token }
-//   popup → opener   wattfare:grant    { grant }  | wattfare:deny | wattfare:error { error }
+//   popup → opener   wattfare:grant    { grant: { grantToken, expiresAt, requests,
+//                                                   receiptUrl } }
+//                    | wattfare:deny | wattfare:error { error }
 //                    wattfare:closing  (closed or navigated away before any answer)
 //   opener → popup   wattfare:cancel   (the opener gave up before this page loaded: close)
 "use strict";
@@ -110,6 +112,16 @@
         `asks for ${requests}. Nothing was approved.`
       );
     }
+    // The model: the session's, or none. The page must name the one the app's server
+    // did, since the visitor approves what this page shows (and its quote is for it).
+    const model = data.model === undefined ? null : data.model;
+    const allowed = typeof claims.model === "string" ? claims.model : null;
+    if (allowed !== null && allowed !== model) {
+      return (
+        `The app allows this grant for ${allowed} only, but this page asks for ` +
+        `${model === null ? "any model" : model}. Nothing was approved.`
+      );
+    }
     if (typeof claims.maxUsd === "number") {
       const cap = data.maxUsd === undefined ? Infinity : Number(data.maxUsd);
       if (!(cap <= claims.maxUsd)) {
@@ -169,9 +181,9 @@
     }
     busy = false;
     if (response.ok && body && typeof body.grantToken === "string") {
-      const { grantToken, expiresAt, requests } = body;
-      answer("grant", { grant: { grantToken, expiresAt, requests } });
-      say("Approved. This window will close.");
+      const { grantToken, expiresAt, requests, receiptUrl } = body;
+      answer("grant", { grant: { grantToken, expiresAt, requests, receiptUrl } });
+      approved(receiptUrl);
       window.close();
     } else {
       fail(
@@ -181,6 +193,25 @@
         },
       );
     }
+  }
+
+  // The closing message offers the receipt: if the window stays open (a browser that
+  // keeps it), the visitor can open it from here; the app shows the same link.
+  function approved(receiptUrl) {
+    document.body.dataset.state = "approved";
+    const status = $("status");
+    status.textContent = "Approved. Your receipt lists every call and can revoke it: ";
+    if (typeof receiptUrl === "string" && receiptUrl.startsWith(`${location.origin}/`)) {
+      const link = document.createElement("a");
+      link.href = receiptUrl;
+      link.target = "_blank";
+      link.rel = "noopener noreferrer";
+      link.id = "receipt-link";
+      link.textContent = "open your receipt";
+      status.append(link, ".");
+    }
+    for (const id of ["approve", "deny"]) $(id).hidden = true;
+    $("close").hidden = false;
   }
 
   function deny() {
