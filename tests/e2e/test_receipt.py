@@ -4,8 +4,11 @@ them), and the demo's "Stop using my grant"."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
-from playwright.sync_api import BrowserContext, Page, expect
+from playwright.sync_api import Browser, BrowserContext, Page, expect
 
 from tests.e2e.converter_page import ConverterPage
 from tests.e2e.pages import ReceiptPage
@@ -83,3 +86,29 @@ def test_stop_using_my_grant_revokes_it(converter: ConverterPage, context: Brows
     popup = converter.convert_expecting_popup()
     popup.expect_asking(requests=3)
     popup.deny()
+
+
+@pytest.mark.skipif(
+    not os.environ.get("WATTFARE_SCREENSHOTS"), reason="set WATTFARE_SCREENSHOTS=1 to refresh"
+)
+def test_screenshots_of_the_quote_and_the_receipt(browser: Browser, live_server) -> None:
+    shots = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+    context = browser.new_context(viewport={"width": 1280, "height": 860}, color_scheme="light")
+    converter = ConverterPage.open(context.new_page(), live_server.url)
+    converter.approve_extra(1, max_usd="0.01")
+    converter.choose_file("note.html", SHORT)
+    popup = converter.convert_expecting_popup()
+    popup.page.set_viewport_size({"width": 460, "height": 700})
+    expect(popup.approve_button).to_be_enabled()
+    popup.page.screenshot(path=shots / "6-consent-quote.png")
+    popup.approve()
+    converter.expect_result("note.md", remaining=1)
+    url = converter.receipt_url()
+    converter.choose_file("long.txt", LONG)
+    converter.convert_with_held_grant()
+    expect(converter.done).to_be_visible()
+    receipt = ReceiptPage.open(context, url)
+    receipt.expect_calls("settled", "cut at cap")
+    receipt.page.set_viewport_size({"width": 900, "height": 760})
+    receipt.page.screenshot(path=shots / "7-receipt.png", full_page=True)
+    context.close()
