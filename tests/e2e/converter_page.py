@@ -41,6 +41,9 @@ class ConverterPage:
         self.convert_button = page.get_by_role("button", name="Convert with AI")
         self.notice = page.locator("[data-notice]")
         self.grant_status = page.locator("[data-grant-status]")
+        self.receipt_link = self.grant_status.get_by_role("link", name="See its receipt")
+        self.done_receipt_link = page.locator("[data-done]").get_by_role("link", name="Receipt")
+        self.stop_button = page.get_by_role("button", name="Stop using my grant")
         self.how_it_works = page.get_by_role("heading", name="How it works")
         self.result_title = page.locator("#result-title")
         self.progress = page.locator("#result .progress")
@@ -98,6 +101,20 @@ class ConverterPage:
         self.extra_select.select_option(str(extra))
         if max_usd is not None:
             self.cap_input.fill(max_usd)
+
+    def stop_grant(self) -> None:
+        """ "Stop using my grant": the page asks the demo's server to revoke it."""
+        with self.page.expect_response(re.compile(r"/api/grant/revoke$")):
+            self.stop_button.click()
+
+    def receipt_url(self, *, held: bool = True) -> str:
+        """The receipt link beside the held grant's requests left (`held`), or beside
+        "N requests remaining" in the last conversion's footer."""
+        link = self.receipt_link if held else self.done_receipt_link
+        expect(link).to_be_visible()
+        href = link.get_attribute("href")
+        assert href is not None
+        return href
 
     def convert_expecting_popup(self) -> ConsentPopup:
         return ConsentPopup.opened_by(self.page, self.convert_button.click)

@@ -4,8 +4,14 @@
 the page that opened it, so any opener's tests can use it:
 
     popup = ConsentPopup.opened_by(page, lambda: convert_button.click())
-    popup.expect_asking(requests=3, max_usd="$0.50")
+    popup.expect_asking(requests=3, max_usd="$0.50", model="local/markdown")
     popup.approve()          # waits until the popup has closed itself
+
+`ReceiptPage` is the grant's receipt, as the visitor opens it from its link:
+
+    receipt = ReceiptPage.open(context, url)
+    receipt.expect_calls("settled", "cut at cap")   # it refreshes itself: no reload
+    receipt.revoke()                                # confirms the dialog
 """
 
 from __future__ import annotations
@@ -13,8 +19,8 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
+from playwright.sync_api import BrowserContext, Page, expect
 from playwright.sync_api import Error as PlaywrightError
-from playwright.sync_api import Page, expect
 
 
 class ConsentPopup:
@@ -25,6 +31,8 @@ class ConsentPopup:
         self.deny_button = page.get_by_role("button", name="Deny", exact=True)
         self.close_button = page.get_by_role("button", name="Close", exact=True)
         self.problem = page.get_by_role("alert")
+        self.quote = page.locator("#quote")
+        self.test_mode_badge = page.locator(".badge")
 
     @classmethod
     def opened_by(cls, opener: Page, action: Callable[[], object]) -> ConsentPopup:
@@ -43,6 +51,8 @@ class ConsentPopup:
         requests: int | None = None,
         max_usd: str | None = None,
         expires: str | None = None,
+        model: str | None = None,
+        quote: str | re.Pattern[str] | None = None,
     ) -> None:
         """The consent question is on screen (and says what is given, if given)."""
         expect(self.heading).to_contain_text("asks to use AI")
@@ -57,6 +67,10 @@ class ConsentPopup:
             expect(self.summary("Spending cap")).to_contain_text(max_usd)
         if expires is not None:
             expect(self.summary("Expires")).to_contain_text(expires)
+        if model is not None:
+            expect(self.summary("Model")).to_contain_text(model)
+        if quote is not None:
+            expect(self.quote).to_contain_text(quote)
 
     def summary(self, term: str):
         """The value shown beside `term` in the summary list."""
@@ -118,3 +132,37 @@ class ConsentPopup:
                 # It may close before Playwright hears back from the key or the click.
                 if "closed" not in str(exc):
                     raise
+
+
+class ReceiptPage:
+    """The receipt of a grant (/wattfare/receipt/<capability>), on the engine's origin."""
+
+    def __init__(self, page: Page) -> None:
+        self.page = page
+        self.status = page.locator("[data-receipt-status]")
+        self.remaining = page.locator("[data-receipt-remaining]")
+        self.spent = page.locator("[data-receipt-spent]")
+        self.model = page.locator("[data-receipt-model]")
+        self.rows = page.locator("[data-receipt-calls] tbody tr")
+        self.outcomes = self.rows.locator("td:last-child")
+        self.revoke_button = page.get_by_role("button", name="Revoke", exact=True)
+
+    @classmethod
+    def open(cls, context: BrowserContext, url: str) -> ReceiptPage:
+        page = context.new_page()
+        page.goto(url)
+        receipt = cls(page)
+        expect(receipt.status).to_be_visible()
+        page.wait_for_function("() => window.htmx")  # its polling runs on htmx
+        return receipt
+
+    def expect_calls(self, *outcomes: str) -> None:
+        """The calls listed, oldest first, by outcome (the page polls itself)."""
+        expect(self.outcomes).to_have_text(list(outcomes))
+
+    def revoke(self) -> None:
+        """Click Revoke and accept the confirmation; wait for the page to say Revoked."""
+        self.page.once("dialog", lambda dialog: dialog.accept())
+        with self.page.expect_response(re.compile(r"/wattfare/receipt/revoke$")):
+            self.revoke_button.click()
+        expect(self.status).to_have_text("Revoked")
