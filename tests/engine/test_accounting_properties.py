@@ -43,7 +43,7 @@ from hypothesis.stateful import (
 )
 from sqlalchemy import delete, func, select, update
 
-from wattfare_demo.engine import grants
+from wattfare_demo.engine import grants, revocation
 from wattfare_demo.engine.apps import create_app_record, set_daily_budget
 from wattfare_demo.engine.clock import db_now
 from wattfare_demo.engine.errors import ApiError
@@ -404,7 +404,7 @@ class AccountingMachine(RuleBasedStateMachine):
             db.session.commit()
             grant.expired = True
         else:
-            grants.revoke(grants.find_grant(self.app_id, grant.token))
+            revocation.revoke_grant(grants.find_grant(self.app_id, grant.token).id)
             grant.revoked = True
 
     @precondition(lambda self: any(h.stale for g in self.model for h in g.pending))

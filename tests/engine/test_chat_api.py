@@ -80,11 +80,11 @@ def test_expiry_is_decided_by_the_database_clock(app, client, make_grant, api_he
 
 
 def test_revoked_grant(app, client, make_grant, api_headers):
-    from wattfare_demo.engine import grants
+    from wattfare_demo.engine import revocation
 
     grant = make_grant(3)
     with app.app_context():
-        grants.revoke(db.session.scalar(select(Grant)))
+        revocation.revoke_grant(db.session.scalar(select(Grant)).id)
     response = chat(client, api_headers(grant))
     assert response.get_json()["error"]["reason"] == "revoked"
 

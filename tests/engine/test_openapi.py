@@ -24,7 +24,7 @@ from tests.fake_upstream import ErrorReply, FakeUpstream, Model, Reply, StreamRe
 from tests.helpers import chat_body, mint_session
 from tests.openapi_check import ContractError, check_response, documented_statuses, spec
 from wattfare_demo import create_app
-from wattfare_demo.engine import grants
+from wattfare_demo.engine import revocation
 from wattfare_demo.engine.models import Grant
 from wattfare_demo.extensions import db
 
@@ -219,7 +219,9 @@ def exercise_chat(api: Api, app: Flask) -> None:
     api.call(402, "POST", url, json=chat_body(), headers=api.keys(api.grant(1, max_usd=1e-12)))
     revoked = api.grant(1)
     with app.app_context():
-        grants.revoke(db.session.scalars(select(Grant).order_by(Grant.id.desc())).first())
+        revocation.revoke_grant(
+            db.session.scalars(select(Grant).order_by(Grant.id.desc())).first().id
+        )
     api.call(402, "POST", url, json=chat_body(), headers=api.keys(revoked))
     api.call(
         413,

@@ -27,8 +27,8 @@ from flask import Blueprint, Response, current_app, render_template, request
 from ..origins import normalise_origin
 from .apps import app_for_publishable_key, origin_allowed
 from .errors import ApiError, invalid_request
+from .metering import registry
 from .pricing import pusd_to_usd
-from .providers import ProviderRegistry
 from .quote import Quote, quote, round_up_to_cent
 from .validation import MAX_GRANT_REQUESTS, parse_grant_request
 
@@ -184,11 +184,6 @@ def read_question(args: dict[str, str], origin: str) -> Question:
         model=ask.model,
         quote=quote(ask.requests, ask.max_pusd, ask.model, price),
     )
-
-
-def registry() -> ProviderRegistry:
-    providers: ProviderRegistry = current_app.extensions["wattfare_providers"]
-    return providers
 
 
 def money(amount: Decimal) -> str:

@@ -365,11 +365,6 @@ _RELEASE_STALE = Statement(_stale)
 _RELEASE_STALE_OF_GRANT = Statement(
     _stale.where(_usage.c.grant_id == bindparam("p_grant_id", type_=Integer))
 )
-_REVOKE = Statement(
-    _grants.update()
-    .where(_grants.c.id == bindparam("p_grant_id", type_=Integer), _grants.c.revoked_at.is_(None))
-    .values(revoked_at=db_now())
-)
 _FORGET_SESSIONS = Statement(
     _session_uses.delete().where(_session_uses.c.expires_at < db_now() - SESSION_USE_MARGIN)
 )
@@ -666,11 +661,6 @@ def grant_status(grant: Grant) -> str:
     return "active"
 
 
-def revoke(grant: Grant) -> None:
-    _REVOKE.run(p_grant_id=grant.id)
-    db.session.commit()
-
-
 __all__ = [
     "BUDGET_WINDOW_HOURS",
     "GrantBalance",
@@ -686,7 +676,6 @@ __all__ = [
     "release",
     "release_stale",
     "reserve",
-    "revoke",
     "session_used",
     "settle",
 ]
