@@ -29,6 +29,7 @@ from .apps import app_for_publishable_key, origin_allowed
 from .errors import ApiError, invalid_request
 from .metering import registry
 from .pricing import pusd_to_usd
+from .private_pages import private_page
 from .quote import Quote, quote, round_up_to_cent
 from .validation import MAX_GRANT_REQUESTS, parse_grant_request
 
@@ -66,11 +67,7 @@ CSP = "; ".join(
 
 @bp.after_request
 def _security_headers(response: Response) -> Response:
-    response.headers["Content-Security-Policy"] = CSP
-    response.headers["X-Frame-Options"] = "DENY"
-    response.headers["Referrer-Policy"] = "no-referrer"
-    response.headers["X-Content-Type-Options"] = "nosniff"
-    response.headers["Cache-Control"] = "no-store"
+    private_page(response, CSP)
     # Said explicitly so no site-wide default replaces it: a COOP of same-origin (or
     # same-origin-allow-popups here, on a page the app opened) would cut this window
     # off from its opener, and the answer could never be delivered.

@@ -32,6 +32,7 @@ from .consent import duration, money
 from .grants import grant_status
 from .models import App, Grant, Usage
 from .pricing import pusd_to_usd
+from .private_pages import private_page
 from .revocation import receipt_hash, revoke_by_receipt
 
 bp = Blueprint("wattfare_receipts", __name__, url_prefix="/wattfare")
@@ -59,12 +60,7 @@ CSP = "; ".join(
 
 @bp.after_request
 def _security_headers(response: Response) -> Response:
-    response.headers["Content-Security-Policy"] = CSP
-    response.headers["X-Frame-Options"] = "DENY"
-    response.headers["Referrer-Policy"] = "no-referrer"
-    response.headers["X-Content-Type-Options"] = "nosniff"
-    response.headers["Cache-Control"] = "no-store"
-    response.headers["X-Robots-Tag"] = "noindex, nofollow"
+    private_page(response, CSP)
     response.vary.add("HX-Request")  # one URL serves the page and its fragment
     return response
 
