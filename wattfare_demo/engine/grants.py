@@ -648,11 +648,12 @@ def _grant_by_hash(app_id: str, token_hash: str) -> Grant:
     return grant
 
 
-def grant_status(grant: Grant) -> str:
-    """active | exhausted | over_cap | expired | revoked, by the database clock."""
+def grant_status(grant: Grant, now: int | None = None) -> str:
+    """active | exhausted | over_cap | expired | revoked, by the database clock (`now`,
+    when the caller has just read it)."""
     if grant.revoked_at is not None:
         return "revoked"
-    if grant.expires_at <= _db_clock():
+    if grant.expires_at <= (_db_clock() if now is None else now):
         return "expired"
     if grant.used >= grant.requests:
         return "exhausted"

@@ -161,11 +161,12 @@ def read_receipt(capability: str) -> Receipt | None:
             prompt_tokens=use.prompt_tokens,
             completion_tokens=use.completion_tokens,
             cost=_dollars(use.cost_pusd),
-            outcome=_outcome(use.status, use.error)[0],
-            explanation=_outcome(use.status, use.error)[1],
+            outcome=outcome,
+            explanation=explanation,
             running=use.status == "pending",
         )
         for use in reversed(usage[:MAX_ROWS])
+        for outcome, explanation in [_outcome(use.status, use.error)]
     ]
     cap = grant.max_pusd
     left = None if cap is None else cap - grant.spent_pusd - grant.held_pusd
@@ -174,7 +175,7 @@ def read_receipt(capability: str) -> Receipt | None:
         app_name=app_name,
         origin=grant.origin,
         model=grant.model,
-        status=grant_status(grant),
+        status=grant_status(grant, now),
         requests=grant.requests,
         remaining=max(grant.requests - grant.used - grant.reserved, 0),
         spent=_dollars(grant.spent_pusd),

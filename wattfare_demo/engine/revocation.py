@@ -17,23 +17,29 @@ from sqlalchemy import bindparam, select
 
 from ..extensions import db
 from .clock import db_now
+from .driver import Statement
 from .models import Grant, table
 from .tokens import receipt_capability_is_well_formed, sha256_hex
 
 _grants = table(Grant)
 
-# Built once, with bind parameters, like the hot path's statements in grants.py: the
-# revocation check runs every half second of every running stream.
+# Built once, with bind parameters, like the hot path's statements in grants.py (the
+# revocation check runs every half second of every running stream). The check runs on a
+# connection of its own (see grant_is_revoked); the others are driver.Statements in the
+# request's session, as in grants.py.
 _REVOKED_AT = select(_grants.c.revoked_at).where(_grants.c.id == bindparam("p_grant_id"))
-_REVOKE_BY_ID = (
+_REVOKE_BY_ID = Statement(
     _grants.update()
     .where(_grants.c.id == bindparam("p_grant_id"), _grants.c.revoked_at.is_(None))
     .values(revoked_at=db_now())
 )
-_REVOKE_BY_RECEIPT = (
+_REVOKE_BY_RECEIPT = Statement(
     _grants.update()
     .where(_grants.c.receipt_hash == bindparam("p_receipt_hash"), _grants.c.revoked_at.is_(None))
     .values(revoked_at=db_now())
+)
+_GRANT_OF_RECEIPT = Statement(
+    select(_grants.c.id).where(_grants.c.receipt_hash == bindparam("p_receipt_hash"))
 )
 
 
@@ -51,7 +57,7 @@ def grant_is_revoked(grant_id: int) -> bool:
 
 def revoke_grant(grant_id: int) -> None:
     """Revoke a grant the caller has already found (DELETE /api/v1/grant)."""
-    db.session.execute(_REVOKE_BY_ID, {"p_grant_id": grant_id})
+    _REVOKE_BY_ID.run(p_grant_id=grant_id)
     db.session.commit()
 
 
@@ -69,8 +75,8 @@ def revoke_by_receipt(capability: str) -> bool:
     hashed = receipt_hash(capability)
     if hashed is None:
         return False
-    db.session.execute(_REVOKE_BY_RECEIPT, {"p_receipt_hash": hashed})
-    found = db.session.scalar(select(_grants.c.id).where(_grants.c.receipt_hash == hashed))
+    _REVOKE_BY_RECEIPT.run(p_receipt_hash=hashed)
+    found = _GRANT_OF_RECEIPT.run(p_receipt_hash=hashed).scalar()
     db.session.commit()
     return found is not None
 
