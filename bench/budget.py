@@ -67,6 +67,12 @@ PROBES: list[tuple[str, str, str]] = [
     ("wattfare_demo.engine.api", "balance_headers", "balance headers"),
     ("wattfare_demo.request_log", "_emit", "request log: format and write the line"),
     ("sqlalchemy.orm", "Session.commit", "session.commit()"),
+    # The accounting's own transactions (engine/driver.py): a pooled connection, the
+    # driver's COMMIT, the connection back.
+    ("wattfare_demo.engine.driver", "Transaction.__init__", "driver: connection from the pool"),
+    ("wattfare_demo.engine.driver", "Transaction.commit", "driver: COMMIT"),
+    ("wattfare_demo.engine.driver", "Transaction.rollback", "driver: ROLLBACK"),
+    ("wattfare_demo.engine.driver", "Transaction.close", "driver: connection back to the pool"),
     # SQLAlchemy's own steps around each statement: the session finding (or beginning)
     # its transaction and connection, and the ORM turning rows into objects.
     ("sqlalchemy.orm.session", "Session._connection_for_bind", "session: transaction + connection"),

@@ -211,6 +211,7 @@ def main() -> None:
     parser.add_argument("--rate-limits", action="store_true", help="as in production")
     parser.add_argument("--top", type=int, default=40)
     parser.add_argument("--sort", default="cumulative")
+    parser.add_argument("--callees", help="also print what the functions matching this call")
     parser.add_argument("--time", action="store_true", help="time, don't profile")
     parser.add_argument("--budget", action="store_true", help="the per-call budget")
     parser.add_argument(
@@ -249,7 +250,10 @@ def main() -> None:
         profiler.disable()
         elapsed = time.perf_counter() - started
     print(f"{args.calls} calls, {elapsed / args.calls * 1000:.3f} ms per call under cProfile")
-    pstats.Stats(profiler).sort_stats(args.sort).print_stats(args.top)
+    stats = pstats.Stats(profiler).sort_stats(args.sort)
+    stats.print_stats(args.top)
+    if args.callees:
+        stats.print_callees(args.callees)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@ from sqlalchemy.exc import IntegrityError
 
 from ..extensions import db
 from ..origins import normalise_origin
+from . import driver
+from .driver import Statement
 from .models import App, AppOrigin
 from .pricing import pusd_to_usd, usd_to_pusd
 from .tokens import (
@@ -125,7 +127,9 @@ def create_app_record(
 
 # The statements are built once, so SQLAlchemy derives their cache keys once.
 _APP_BY_SECRET_HASH = select(App).where(App.secret_hash == bindparam("p_secret_hash"))
-_KEY_OF_APP = select(App.id, App.mode).where(App.secret_hash == bindparam("p_secret_hash"))
+_KEY_OF_APP = Statement(
+    select(App.id, App.mode).where(App.secret_hash == bindparam("p_secret_hash"))
+)
 
 
 def app_for_secret_key(secret_key: str) -> App | None:
@@ -170,7 +174,8 @@ def calling_app(secret_key: str) -> CallingApp | None:
     hit = cache.get(key_hash)
     if hit is not None and hit[0] > now:
         return hit[1]
-    row = db.session.execute(_KEY_OF_APP, {"p_secret_hash": key_hash}).one_or_none()
+    with driver.read():  # no transaction left open for the call's own phases to join
+        row = _KEY_OF_APP.run(p_secret_hash=key_hash).one_or_none()
     if row is None:
         cache.pop(key_hash, None)
         return None

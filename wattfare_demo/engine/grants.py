@@ -36,10 +36,10 @@ from sqlalchemy import (
     text,
     true,
 )
-from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
 
 from ..extensions import db
+from . import driver
 from .clock import db_now
 from .driver import Statement
 from .errors import ApiError, grant_invalid
@@ -395,7 +395,7 @@ def _db_clock() -> int:
     return int(_NOW.run().scalar_one())
 
 
-def _balance(row: Row[Any]) -> GrantBalance:
+def _balance(row: Any) -> GrantBalance:
     return GrantBalance.of(
         row.requests, row.used, row.reserved, row.max_pusd, row.spent_pusd, row.held_pusd
     )
@@ -436,34 +436,40 @@ def reserve(
             "p_hold_ttl": hold_ttl,
             "p_budget_hour": None,
         }
-        if _on_postgresql():
-            row = _RESERVE_AND_OPEN.run(p_token_hash=token_hash, **opening).one_or_none()
-        else:
-            row = _RESERVE.run(p_token_hash=token_hash, **opening).one_or_none()
-        if row is not None:
-            budget_hour = None
-            usage_id = getattr(row, "usage_id", None)  # opened with it (PostgreSQL, no budget)
-            if row.daily_budget_pusd is not None:
-                fits, budget_hour = _hold_budget(app_id, hold)
-                if not fits:
-                    db.session.rollback()  # the grant's reservation goes with it
-                    # Holds of calls that died mid-call count against the budget until
-                    # they are released: release them now rather than refuse for them.
-                    # All stale holds, not this app's: that sweep reads only the few
-                    # pending rows (ix_usage_pending_hold), whatever the ledger's size.
-                    if not swept_for_budget and release_stale():
-                        swept_for_budget = True
-                        attempts -= 1  # the same hold again, on a lighter budget
-                        continue
-                    raise grant_invalid("app_budget")
-            if usage_id is None:
-                opening["p_budget_hour"] = budget_hour
-                usage_id = _OPEN_USAGE.run(p_grant_id=row.id, **opening).scalar_one()
-            if on_reserved is not None:
-                on_reserved(usage_id)
-            db.session.commit()
-            return Reservation(usage_id, row.id, hold, tokens, _balance(row), budget_hour)
-        db.session.rollback()
+        over_budget = False
+        with driver.transaction() as phase:
+            if _on_postgresql():
+                row = _RESERVE_AND_OPEN.run(p_token_hash=token_hash, **opening).one_or_none()
+            else:
+                row = _RESERVE.run(p_token_hash=token_hash, **opening).one_or_none()
+            if row is None:
+                phase.rollback()
+            else:
+                budget_hour = None
+                usage_id = getattr(row, "usage_id", None)  # opened with it (PostgreSQL, no budget)
+                if row.daily_budget_pusd is not None:
+                    fits, budget_hour = _hold_budget(app_id, hold)
+                    over_budget = not fits
+                if over_budget:
+                    phase.rollback()  # the grant's reservation goes with it
+                else:
+                    if usage_id is None:
+                        opening["p_budget_hour"] = budget_hour
+                        usage_id = _OPEN_USAGE.run(p_grant_id=row.id, **opening).scalar_one()
+                    if on_reserved is not None:
+                        on_reserved(usage_id)
+                    phase.commit()
+                    return Reservation(usage_id, row.id, hold, tokens, _balance(row), budget_hour)
+        if over_budget:
+            # Holds of calls that died mid-call count against the budget until they are
+            # released: release them now rather than refuse for them. All stale holds,
+            # not this app's: that sweep reads only the few pending rows
+            # (ix_usage_pending_hold), whatever the ledger's size.
+            if not swept_for_budget and release_stale():
+                swept_for_budget = True
+                attempts -= 1  # the same hold again, on a lighter budget
+                continue
+            raise grant_invalid("app_budget")
         # Refused: find out why, and whether a smaller hold would fit.
         grant = _why_refused(app_id, token_hash, model)
         if grant.max_pusd is None:
@@ -543,49 +549,49 @@ def settle(
         "p_duration_ms": duration_ms,
     }
     charging = {"p_grant_id": reservation.grant_id, "p_hold": reservation.hold_pusd}
-    row: Row[Any] | None
-    if _on_postgresql():
-        claimed = row = _SETTLE_AND_CHARGE.run(**settling, **charging).one_or_none()
-    else:
-        claimed = _CLAIM_SETTLE.run(**settling).one_or_none()
-        row = None
-    if claimed is None:
-        # The sweeper released this hold (the call outlived WATTFARE_HOLD_TTL): the
-        # request and the money went back to the grant, so nothing is charged now.
-        db.session.rollback()
-        log.warning("usage %s settled after its hold expired; not charged", reservation.usage_id)
-        return current_balance(reservation.grant_id)
-    if row is None:
-        row = _CHARGE.run(p_cost=cost, **charging).one()
-    if claimed.budget_hour is not None:
-        _SPEND_TO_BUDGET.run(
-            p_app_id=claimed.app_id,
-            p_budget_hour=claimed.budget_hour,
-            p_hold=reservation.hold_pusd,
-            p_cost=cost,
-        )
-    balance = _balance(row)
-    if on_settled is not None:
-        on_settled(balance)
-    db.session.commit()
-    return balance
+    row: Any
+    with driver.transaction() as phase:
+        if _on_postgresql():
+            claimed = row = _SETTLE_AND_CHARGE.run(**settling, **charging).one_or_none()
+        else:
+            claimed = _CLAIM_SETTLE.run(**settling).one_or_none()
+            row = None
+        if claimed is not None:
+            if row is None:
+                row = _CHARGE.run(p_cost=cost, **charging).one()
+            if claimed.budget_hour is not None:
+                _SPEND_TO_BUDGET.run(
+                    p_app_id=claimed.app_id,
+                    p_budget_hour=claimed.budget_hour,
+                    p_hold=reservation.hold_pusd,
+                    p_cost=cost,
+                )
+            balance = _balance(row)
+            if on_settled is not None:
+                on_settled(balance)
+            return balance
+        phase.rollback()
+    # The sweeper released this hold (the call outlived WATTFARE_HOLD_TTL): the request
+    # and the money went back to the grant, so nothing is charged now.
+    log.warning("usage %s settled after its hold expired; not charged", reservation.usage_id)
+    return current_balance(reservation.grant_id)
 
 
 def release(reservation: Reservation, *, error: str, duration_ms: int) -> None:
     """Give back the request and the hold of a call that failed: it costs nothing."""
-    claimed = _RELEASE_CLAIM.run(
-        p_usage_id=reservation.usage_id, p_error=error[:40], p_duration_ms=duration_ms
-    ).one_or_none()
-    if claimed is not None:
-        _GIVE_BACK.run(p_grant_id=reservation.grant_id, p_hold=reservation.hold_pusd)
-        if claimed.budget_hour is not None:
-            _SPEND_TO_BUDGET.run(
-                p_app_id=claimed.app_id,
-                p_budget_hour=claimed.budget_hour,
-                p_hold=reservation.hold_pusd,
-                p_cost=0,
-            )
-    db.session.commit()
+    with driver.transaction():
+        claimed = _RELEASE_CLAIM.run(
+            p_usage_id=reservation.usage_id, p_error=error[:40], p_duration_ms=duration_ms
+        ).one_or_none()
+        if claimed is not None:
+            _GIVE_BACK.run(p_grant_id=reservation.grant_id, p_hold=reservation.hold_pusd)
+            if claimed.budget_hour is not None:
+                _SPEND_TO_BUDGET.run(
+                    p_app_id=claimed.app_id,
+                    p_budget_hour=claimed.budget_hour,
+                    p_hold=reservation.hold_pusd,
+                    p_cost=0,
+                )
 
 
 def release_stale(grant_id: int | None = None) -> int:

@@ -50,13 +50,14 @@ from decimal import Decimal
 from typing import Any
 
 from flask import Response, current_app, request
-from sqlalchemy import BigInteger, Row, bindparam, select
+from sqlalchemy import BigInteger, bindparam, select
 from sqlalchemy.exc import IntegrityError
 
 from ..extensions import db
-from . import grants
+from . import driver, grants
 from .caller import caller_gone
 from .clock import db_now
+from .driver import Statement
 from .errors import ApiError, invalid_request
 from .models import Replay, Usage, table
 from .sealing import seal, unseal
@@ -145,7 +146,7 @@ def fingerprint(grant_token: str, body: dict[str, Any], endpoint: str = "chat") 
 # are): building a statement per call costs more than running it.
 _replays = table(Replay)
 _usage = table(Usage)
-_ROW = (
+_row = (
     select(
         _replays.c.id,
         _replays.c.usage_id,
@@ -163,10 +164,10 @@ _ROW = (
     .select_from(_replays.outerjoin(_usage, _usage.c.id == _replays.c.usage_id))
     .where(_replays.c.app_id == bindparam("p_app_id"))
 )
-_BY_KEY = _ROW.where(_replays.c.key_hash == bindparam("p_key_hash"))
-_BY_ID = _ROW.where(_replays.c.id == bindparam("p_id"))
-_LATEST = (
-    _ROW.where(
+_BY_KEY = Statement(_row.where(_replays.c.key_hash == bindparam("p_key_hash")))
+_BY_ID = Statement(_row.where(_replays.c.id == bindparam("p_id")))
+_LATEST = Statement(
+    _row.where(
         _replays.c.key_hash.is_(None),
         _replays.c.request_hash == bindparam("p_request_hash"),
         _replays.c.created_at > db_now() - REPLAY_TTL,
@@ -174,7 +175,7 @@ _LATEST = (
     .order_by(_replays.c.id.desc())
     .limit(1)
 )
-_RECORD = _replays.insert().values(
+_record = _replays.insert().values(
     app_id=bindparam("p_app_id"),
     key_hash=bindparam("p_key_hash"),
     request_hash=bindparam("p_request_hash"),
@@ -183,20 +184,23 @@ _RECORD = _replays.insert().values(
     delivered=False,
     created_at=db_now(),
 )
-_CLAIM = _RECORD.returning(_replays.c.id)
-_LINK = (
+_RECORD = Statement(_record)
+_CLAIM = Statement(_record.returning(_replays.c.id))
+_LINK = Statement(
     _replays.update()
     .where(_replays.c.id == bindparam("p_id"))
     .values(usage_id=bindparam("p_usage_id"))
 )
-_KEEP = (
+_KEEP = Statement(
     _replays.update()
     .where(_replays.c.usage_id == bindparam("p_usage_id"))
     .values(answer=bindparam("p_answer"), delivered=bindparam("p_delivered"))
 )
-_DELIVERED = _replays.update().where(_replays.c.id == bindparam("p_id")).values(delivered=True)
-_FORGET_ROW = _replays.delete().where(_replays.c.id == bindparam("p_id"))
-_FORGET_CALL = _replays.delete().where(_replays.c.usage_id == bindparam("p_usage_id"))
+_DELIVERED = Statement(
+    _replays.update().where(_replays.c.id == bindparam("p_id")).values(delivered=True)
+)
+_FORGET_ROW = Statement(_replays.delete().where(_replays.c.id == bindparam("p_id")))
+_FORGET_CALL = Statement(_replays.delete().where(_replays.c.usage_id == bindparam("p_usage_id")))
 _EXPIRED = _replays.delete().where(
     _replays.c.created_at <= db_now() - bindparam("p_ttl", type_=BigInteger)
 )
@@ -226,16 +230,14 @@ class Retry:
     def _keyed(self) -> Response | None:
         for _ in range(3):
             try:
-                self.claim_id = db.session.execute(
-                    _CLAIM, self._values(p_key_hash=self.key_hash, p_usage_id=None)
+                self.claim_id = _CLAIM.run(
+                    **self._values(p_key_hash=self.key_hash, p_usage_id=None)
                 ).scalar_one()
                 db.session.commit()
                 return None  # ours: run the call
             except IntegrityError:
                 db.session.rollback()
-            row = db.session.execute(
-                _BY_KEY, {"p_app_id": self.app_id, "p_key_hash": self.key_hash}
-            ).first()
+            row = _BY_KEY.run(p_app_id=self.app_id, p_key_hash=self.key_hash).first()
             if row is None or self._forget_if_done(row):
                 continue  # the key is free again: claim it
             if row.request_hash != self.request_hash:
@@ -248,9 +250,8 @@ class Retry:
         raise key_in_use()
 
     def _keyless(self) -> Response | None:
-        row = db.session.execute(
-            _LATEST, {"p_app_id": self.app_id, "p_request_hash": self.request_hash}
-        ).first()
+        with driver.read():  # most calls are no retry: one read, and no transaction
+            row = _LATEST.run(p_app_id=self.app_id, p_request_hash=self.request_hash).first()
         if row is None or self._forget_if_done(row):
             return None
         if row.status == "pending":
@@ -274,7 +275,7 @@ class Retry:
             **more,
         }
 
-    def _forget_if_done(self, row: Row[Any]) -> bool:
+    def _forget_if_done(self, row: Any) -> bool:
         """Delete a row that no longer stands for a call: it is older than REPLAY_TTL,
         its call charged nothing, its worker died holding it, or its claim never got a
         reservation. True if deleted."""
@@ -288,11 +289,11 @@ class Retry:
             or (row.usage_id is None and row.claim_stale)
         )
         if done:
-            db.session.execute(_FORGET_ROW, {"p_id": row.id})
+            _FORGET_ROW.run(p_id=row.id)
             db.session.commit()
         return done
 
-    def _wait_for(self, replay_id: int) -> Row[Any] | None:
+    def _wait_for(self, replay_id: int) -> Any:
         """The row once its call has ended, None if it ended charging nothing; 409
         `call_in_progress` if it still runs after `wait` seconds (or our own caller left
         meanwhile: nobody would read the answer)."""
@@ -305,20 +306,20 @@ class Retry:
             db.session.rollback()  # hold no connection (nor snapshot) while asleep
             time.sleep(pause)
             pause = min(pause * 2, 0.25)
-            row = db.session.execute(_BY_ID, {"p_app_id": self.app_id, "p_id": replay_id}).first()
+            row = _BY_ID.run(p_app_id=self.app_id, p_id=replay_id).first()
             if row is None or self._forget_if_done(row):
                 return None
             if row.status != "pending":
                 return row
         raise call_in_progress()
 
-    def _replay(self, row: Row[Any]) -> Response:
+    def _replay(self, row: Any) -> Response:
         plain = unseal(self.secret, row.answer)
         if plain is None:  # cannot happen with a matching request hash; never run twice
             raise stream_key_used()
         stored = json.loads(plain)
         if not row.delivered and not caller_gone():
-            db.session.execute(_DELIVERED, {"p_id": row.id})
+            _DELIVERED.run(p_id=row.id)
             db.session.commit()
         headers = {**stored["headers"], REPLAYED_HEADER: "true"}
         return Response(
@@ -330,9 +331,9 @@ class Retry:
     def on_reserved(self, usage_id: int) -> None:
         """In the reservation's transaction: tie the record to the call."""
         if self.claim_id is not None:
-            db.session.execute(_LINK, {"p_id": self.claim_id, "p_usage_id": usage_id})
+            _LINK.run(p_id=self.claim_id, p_usage_id=usage_id)
         else:
-            db.session.execute(_RECORD, self._values(p_usage_id=usage_id))
+            _RECORD.run(**self._values(p_usage_id=usage_id))
 
     def wants_answer(self, *, delivered: bool, seconds: float) -> bool:
         """Whether a retry may come for this call's answer, so it is worth keeping."""
@@ -362,9 +363,8 @@ class Retry:
                 "mimetype": mimetype,
             }
         ).encode()
-        db.session.execute(
-            _KEEP,
-            {
+        _KEEP.run(
+            **{
                 "p_usage_id": usage_id,
                 "p_answer": seal(self.secret, envelope),
                 "p_delivered": delivered,
@@ -375,9 +375,9 @@ class Retry:
         """The call charged nothing (refused, or released): nothing to replay, and its
         key is free for the retry."""
         if self.claim_id is not None:
-            db.session.execute(_FORGET_ROW, {"p_id": self.claim_id})
+            _FORGET_ROW.run(p_id=self.claim_id)
         elif usage_id is not None:
-            db.session.execute(_FORGET_CALL, {"p_usage_id": usage_id})
+            _FORGET_CALL.run(p_usage_id=usage_id)
         else:
             return
         db.session.commit()
