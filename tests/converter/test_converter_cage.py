@@ -55,7 +55,7 @@ def test_a_child_still_working_at_the_deadline_is_killed() -> None:
 
 
 def test_a_file_that_needs_more_memory_than_allowed_is_too_large() -> None:
-    error = caged("big.txt", b"word " * 4_000_000, memory_mb=250)
+    error = caged("big.txt", b"word " * 12_000_000, memory_mb=250)
     assert (error.status, error.code) == (413, "file_too_large")
     assert "needs more memory" in error.message
 

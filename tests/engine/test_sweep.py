@@ -124,3 +124,31 @@ def test_the_procfile_web_process_sweeps_by_itself(tmp_path, keys):
                 break
             assert time.monotonic() < deadline, web.output()[1][-2000:]
             time.sleep(0.05)
+
+
+def test_the_sweep_releases_many_holds_in_batches_each_once(
+    app, make_grant, secret_key, monkeypatch
+):
+    # More stale holds than a batch, several of them on one grant: every hold is released
+    # once, each grant gets back exactly its own, and a second sweep finds nothing.
+    monkeypatch.setattr(grants, "STALE_BATCH", 3)
+    tokens = [make_grant(5), make_grant(5), make_grant(5)]
+    holds_per_grant = [5, 2, 1]
+    with app.app_context():
+        for token, holds in zip(tokens, holds_per_grant, strict=True):
+            for _ in range(holds):
+                grants.reserve(  # workers that reserved and died: stale at once
+                    secret_key.split("_")[2],
+                    token,
+                    model="local/markdown",
+                    price=DEFAULT_PRICES["local/markdown"],
+                    prompt_tokens=10,
+                    max_tokens=10,
+                    hold_ttl=-1,
+                )
+        assert grants.release_stale() == sum(holds_per_grant)
+        assert db.session.execute(select(Grant.reserved, Grant.held_pusd)).all() == [(0, 0)] * 3
+        statuses = db.session.scalars(select(Usage.status)).all()
+        assert statuses == ["expired"] * sum(holds_per_grant)
+        assert grants.release_stale() == 0
+        db.session.remove()

@@ -26,6 +26,7 @@ from sqlalchemy import (
     Boolean,
     Integer,
     String,
+    and_,
     bindparam,
     exists,
     func,
@@ -353,15 +354,39 @@ _GIVE_BACK = Statement(
     .where(_grants.c.id == bindparam("p_grant_id", type_=Integer))
     .values(reserved=_grants.c.reserved - 1, held_pusd=_grants.c.held_pusd - _hold)
 )
+_GIVE_BACK_ALL = Statement(
+    _grants.update()
+    .where(_grants.c.id == bindparam("p_grant_id", type_=Integer))
+    .values(
+        reserved=_grants.c.reserved - bindparam("p_count", type_=Integer),
+        held_pusd=_grants.c.held_pusd - _hold,
+    )
+)
 # 'pending' as a literal, not a bound parameter: SQLite uses the partial index
 # ix_usage_pending_hold only for a WHERE that names its exact term.
+_pending_expired = and_(
+    _usage.c.status == literal_column("'pending'"), _usage.c.hold_expires_at < db_now()
+)
 _stale = (
     _usage.update()
-    .where(_usage.c.status == literal_column("'pending'"), _usage.c.hold_expires_at < db_now())
+    .where(_pending_expired)
     .values(status="expired", error="hold_expired", finished_at=db_now())
     .returning(_usage.c.grant_id, _usage.c.hold_pusd, _usage.c.app_id, _usage.c.budget_hour)
 )
-_RELEASE_STALE = Statement(_stale)
+# The sweep takes the oldest STALE_BATCH stale holds at a time, through the partial index
+# (a few rows however long the ledger), and repeats the condition outside the subquery: a
+# hold another sweep or a late settle ended meanwhile is not released again.
+STALE_BATCH = 500
+_RELEASE_STALE = Statement(
+    _stale.where(
+        _usage.c.id.in_(
+            select(_usage.c.id)
+            .where(_pending_expired)
+            .order_by(_usage.c.hold_expires_at)
+            .limit(bindparam("p_batch", type_=Integer))
+        )
+    )
+)
 _RELEASE_STALE_OF_GRANT = Statement(
     _stale.where(_usage.c.grant_id == bindparam("p_grant_id", type_=Integer))
 )
@@ -598,27 +623,43 @@ def release_stale(grant_id: int | None = None) -> int:
     """Release holds nobody settled before they expired (a worker crashed mid-call).
 
     Runs when a reservation is refused on a grant with calls in flight (that grant's), or
-    by its app's daily budget, and from `flask wattfare sweep` (all of them). Returns how
-    many holds were released.
+    by its app's daily budget, and from `flask wattfare sweep` (all of them, STALE_BATCH
+    to a transaction, so a sweep after a long outage never holds the write lock for
+    long). Returns how many holds were released.
     """
-    if grant_id is None:
-        rows = _RELEASE_STALE.run().all()
+    if grant_id is not None:
+        with driver.transaction():
+            released = _give_back(_RELEASE_STALE_OF_GRANT.run(p_grant_id=grant_id).all())
     else:
-        rows = _RELEASE_STALE_OF_GRANT.run(p_grant_id=grant_id).all()
-    # Grants first, then the budget rows: the order every other transaction takes them in.
+        released = 0
+        while True:
+            with driver.transaction():
+                batch = _give_back(_RELEASE_STALE.run(p_batch=STALE_BATCH).all())
+            released += batch
+            if batch < STALE_BATCH:
+                break
+    if released:
+        log.warning("released %d stale hold(s)", released)
+    return released
+
+
+def _give_back(rows: list[Any]) -> int:
+    """Return released holds to their grants and budget hours: one UPDATE per grant and
+    per hour, not per hold. Grants first, then the budget rows, each in id order: the
+    order every other transaction takes them in, so two sweeps cannot deadlock."""
+    per_grant: dict[int, list[int]] = {}
+    per_hour: dict[tuple[str, int], int] = {}
     for row in rows:
-        _GIVE_BACK.run(p_grant_id=row.grant_id, p_hold=row.hold_pusd)
-    for row in rows:
+        count_and_hold = per_grant.setdefault(row.grant_id, [0, 0])
+        count_and_hold[0] += 1
+        count_and_hold[1] += row.hold_pusd
         if row.budget_hour is not None:
-            _SPEND_TO_BUDGET.run(
-                p_app_id=row.app_id,
-                p_budget_hour=row.budget_hour,
-                p_hold=row.hold_pusd,
-                p_cost=0,
-            )
-    db.session.commit()
-    if rows:
-        log.warning("released %d stale hold(s)", len(rows))
+            key = (row.app_id, row.budget_hour)
+            per_hour[key] = per_hour.get(key, 0) + row.hold_pusd
+    for grant, (count, hold) in sorted(per_grant.items()):
+        _GIVE_BACK_ALL.run(p_grant_id=grant, p_count=count, p_hold=hold)
+    for (app_id, hour), hold in sorted(per_hour.items()):
+        _SPEND_TO_BUDGET.run(p_app_id=app_id, p_budget_hour=hour, p_hold=hold, p_cost=0)
     return len(rows)
 
 
