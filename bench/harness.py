@@ -86,14 +86,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def gunicorn_command(app_module: str = "bench.bare_app:app") -> list[str]:
+def gunicorn_command(app_module: str = "bench.bare_app:app", code: Path = ROOT) -> list[str]:
     """The Procfile's web command, serving `app_module` instead of app:app.
 
     Same workers, threads and settings as production (gunicorn also reads
     gunicorn.conf.py from the working directory, as it does in production); only the
     app module differs, and it is the real app plus the bench's bare routes.
     """
-    for line in (ROOT / "Procfile").read_text().splitlines():
+    for line in (code / "Procfile").read_text().splitlines():
         name, _, command = line.partition(":")
         if name.strip() == "web" and "app:app" in command:
             command = re.sub(r"(?<![\w.])app:app\b", app_module, command.strip())
@@ -227,6 +227,7 @@ class Target:
     env: dict[str, str]
     secret_key: str
     workdir: Path
+    code: Path = ROOT  # the checkout served (bench/run.py --baseline: an older commit's)
 
 
 def make_target(
@@ -237,6 +238,7 @@ def make_target(
     extra_env: dict[str, str] | None = None,
     migrate: bool = True,
     secret_key: str | None = None,
+    code: Path = ROOT,
 ) -> Target:
     """The app's environment as in production, and its database migrated.
 
@@ -269,14 +271,14 @@ def make_target(
     env.pop("GUNICORN_CMD_ARGS", None)
     env.update(extra_env or {})
     if migrate:
-        flask_command(env, "db", "upgrade")
-    return Target(label, backend, database_url, env, secret_key, workdir)
+        flask_command(env, "db", "upgrade", code=code)
+    return Target(label, backend, database_url, env, secret_key, workdir, code)
 
 
-def flask_command(env: dict[str, str], *args: str) -> str:
+def flask_command(env: dict[str, str], *args: str, code: Path = ROOT) -> str:
     done = subprocess.run(
         [sys.executable, "-m", "flask", "--app", "app", *args],
-        cwd=ROOT,
+        cwd=code,
         env=env,
         capture_output=True,
         text=True,
@@ -284,6 +286,39 @@ def flask_command(env: dict[str, str], *args: str) -> str:
     if done.returncode != 0:
         sys.exit(f"flask {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
     return done.stdout
+
+
+@contextmanager
+def baseline_checkout(ref: str) -> Iterator[Path]:
+    """The commit `ref` checked out beside this one (a detached git worktree in a
+    temporary folder, removed at the end), to be served and measured in the same run.
+
+    The bench sets its grants up with this checkout's engine functions, so the two must
+    share a schema: a `ref` whose migrations differ from this checkout's is refused.
+    """
+    folder = Path(tempfile.mkdtemp(prefix="wattfare-bench-baseline-"))
+    checkout = folder / "code"
+    subprocess.run(
+        ["git", "-C", str(ROOT), "worktree", "add", "--detach", "--quiet", str(checkout), ref],
+        check=True,
+    )
+    try:
+        ours = sorted(p.name for p in (ROOT / "migrations" / "versions").glob("*.py"))
+        theirs = sorted(p.name for p in (checkout / "migrations" / "versions").glob("*.py"))
+        if ours != theirs:
+            sys.exit(
+                f"--baseline {ref}: its migrations differ from this checkout's, and the bench "
+                "sets grants up with this checkout's code; pick a commit with the same schema"
+            )
+        if not (checkout / "bench" / "bare_app.py").exists():
+            sys.exit(f"--baseline {ref}: it has no bench/bare_app.py to serve")
+        yield checkout
+    finally:
+        subprocess.run(
+            ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(checkout)],
+            check=False,
+        )
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def sqlite_url(workdir: Path, name: str = "bench.db") -> str:
@@ -368,8 +403,8 @@ def served(target: Target, app_module: str = "bench.bare_app:app") -> Iterator[S
     log_path = target.workdir / "gunicorn.log"
     log = open(log_path, "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
-        gunicorn_command(app_module),
-        cwd=ROOT,
+        gunicorn_command(app_module, target.code),
+        cwd=target.code,
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,

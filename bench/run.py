@@ -48,6 +48,7 @@ from bench.harness import (
     Load,
     Server,
     Target,
+    baseline_checkout,
     commit_latency,
     ensure_wrk,
     load,
@@ -58,6 +59,7 @@ from bench.harness import (
     postgres_version,
     recreate_postgres,
     served,
+    with_database_name,
     wrk,
 )
 
@@ -86,10 +88,11 @@ class Side:
     metered_ok: int = 0
     in_flight_allowance: int = 0
     checks: Checks = field(default_factory=Checks)
+    baseline: str | None = None  # --baseline: the commit this side serves
 
     @property
     def name(self) -> str:
-        return NAMES[self.backend]
+        return NAMES[self.backend] + (f" at {self.baseline}" if self.baseline else "")
 
 
 BARE_PATHS = {"bare": "/bench/bare", "model": "/bench/bare-model"}
@@ -401,6 +404,41 @@ def report(sides: list[Side], rounds: int) -> list[str]:
     return lines
 
 
+def before_after(sides: list[Side], ref: str) -> list[str]:
+    """The baseline commit and this checkout, measured in the same rounds, per backend."""
+    lines = [
+        f"## Before ({ref}) and after (this checkout), in the same rounds",
+        "",
+        "| | before | after | after / before |",
+        "|---|---:|---:|---:|",
+    ]
+
+    def figures(side: Side) -> dict[str, float]:
+        lat = [r for r in side.rounds if r["connections"] == LATENCY_CONNECTIONS]
+        tput = [r for r in side.rounds if r["connections"] == THROUGHPUT_CONNECTIONS]
+        field = "worker_cpu_us_per_call"
+        return {
+            "engine cost p50, ms": median([r["cost_p50_ms"] for r in lat]),
+            "engine cost p99, ms": median([r["cost_p99_ms"] for r in lat]),
+            "metering (without the model) p50, ms": median([r["metering_p50_ms"] for r in lat]),
+            "throughput ratio, 8 connections": median([r["throughput_ratio"] for r in tput]),
+            "workers' CPU per metered call, 8 connections, µs": median(
+                [r["metered"][field] for r in tput if r["metered"][field] is not None]
+            ),
+        }
+
+    for backend in dict.fromkeys(side.backend for side in sides):
+        before = next(s for s in sides if s.backend == backend and s.baseline)
+        after = next(s for s in sides if s.backend == backend and not s.baseline)
+        old, new = figures(before), figures(after)
+        for name in old:
+            ratio = new[name] / old[name] if old[name] else math.nan
+            lines.append(
+                f"| {NAMES[backend]}: {name} | {old[name]:,.2f} | {new[name]:,.2f} | {ratio:.2f} |"
+            )
+    return lines
+
+
 # --- main -----------------------------------------------------------------------------------
 
 
@@ -417,6 +455,12 @@ def main() -> None:
         default=os.environ.get("BENCH_DATABASE_URL", PG_DEFAULT),
         help="a database the bench may DROP and re-create (BENCH_DATABASE_URL)",
     )
+    parser.add_argument(
+        "--baseline",
+        metavar="REF",
+        default=None,
+        help="also serve this commit (same schema) and measure it in the same rounds",
+    )
     parser.add_argument("--out", default=None, help="write every run's numbers here (JSON)")
     args = parser.parse_args()
     rounds = args.rounds or (2 if args.quick else 5)
@@ -431,14 +475,23 @@ def main() -> None:
     print(json.dumps(info, indent=2), flush=True)
     sides: list[Side] = []
     with ExitStack() as stack:
+        codes: list[tuple[str | None, Path | None]] = [(None, None)]
+        if args.baseline:
+            codes.append((args.baseline, stack.enter_context(baseline_checkout(args.baseline))))
         for backend in backends:
-            # A fresh database, migrated as the Procfile's release step does.
-            url = recreate_postgres(args.pg_url) if backend == "postgresql" else None
-            target = make_target(backend, backend, url)
-            engine = Engine(target)
-            stack.callback(engine.dispose)
-            server = stack.enter_context(served(target))
-            sides.append(Side(backend, target, engine, server, GrantPool(engine)))
+            for ref, code in codes:
+                # A fresh database, migrated as the Procfile's release step does.
+                url = None
+                if backend == "postgresql":
+                    url = with_database_name(args.pg_url, "_baseline") if ref else args.pg_url
+                    recreate_postgres(url)
+                label = f"{backend}-baseline" if ref else backend
+                target = make_target(label, backend, url, **({"code": code} if code else {}))
+                engine = Engine(target)
+                stack.callback(engine.dispose)
+                server = stack.enter_context(served(target))
+                side = Side(backend, target, engine, server, GrantPool(engine), baseline=ref)
+                sides.append(side)
         if "postgresql" in backends:
             info["commit_ms_at_start"] = commit_latency(args.pg_url)
         for side in sides:
@@ -460,6 +513,8 @@ def main() -> None:
         for side in sides:
             settled = side.engine.settled()
             ledger_checks(side, settled)
+            if side.baseline:
+                continue  # the baseline is measured for speed; exactness is this code's
             hammer(side, wrk_path, hammer_seconds)
             if args.grants:
                 grant_creation(side, wrk_path, duration)
@@ -468,6 +523,9 @@ def main() -> None:
     elapsed = time.monotonic() - started
     print()
     print("\n".join(report(sides, rounds)))
+    if args.baseline:
+        print()
+        print("\n".join(before_after(sides, args.baseline)))
     if "postgresql" in backends:
         print(
             "- PostgreSQL: one-row INSERT + COMMIT, ms (p10, p50, p90): at the start "
