@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from html import unescape
 from typing import Any
 from urllib.parse import quote, unquote
 
@@ -65,24 +66,40 @@ class _Node:
         self.children: list[_Node | str] = []
 
 
-# Comments and processing instructions are not content; no network, no DTD. huge_tree
-# lifts libxml2's own depth and text-size limits so a deep or large document is read
-# (and flattened below _MAX_DEPTH) instead of cut off silently.
-_PARSER = etree.HTMLParser(
-    remove_comments=True, remove_pis=True, no_network=True, huge_tree=True, recover=True
-)
+# libxml2 stops at 2048 open elements even with huge_tree (256 without), dropping the
+# rest of the document; below _MAX_DEPTH we flatten anyway, so a document that deep is
+# read as its plain text instead (see _text_only).
+_BROKEN_BR = re.compile(r"</br\s*>", re.IGNORECASE)
+_TAG = re.compile(r"<[^<>]*>")
 
 
 def _tree(html: str) -> _Node:
     """The document as a _Node tree (under "#root"); an empty one if nothing parses."""
     root = _Node("#root", {})
+    # Browsers read a stray </br> as <br>; libxml2 ignores it.
+    html = _BROKEN_BR.sub("<br>", html)
+    # One parser per call (~2 µs): lxml parsers and their error logs are not to be shared
+    # between threads. Comments and processing instructions are not content; no network.
+    # huge_tree lifts libxml2's text-size limits and its depth limit to 2048.
+    parser = etree.HTMLParser(
+        remove_comments=True, remove_pis=True, no_network=True, huge_tree=True, recover=True
+    )
     try:
-        element = etree.fromstring(html, _PARSER)
+        element = etree.fromstring(html, parser)
     except (etree.ParserError, ValueError):  # nothing but whitespace or comments
         return root
-    if element is not None:
+    if any(error.type_name == "ERR_RESOURCE_LIMIT" for error in parser.error_log):
+        root.children.append(_text_only(html))
+    elif element is not None:
         _append(root, element, 1)
     return root
+
+
+def _text_only(html: str) -> str:
+    """The text of markup too deep for libxml2: tags dropped, entities decoded. One
+    linear regex and no recursion (a pattern pairing <script> with </script> would be
+    quadratic on many unclosed ones); the text of scripts stays, escaped like any text."""
+    return unescape(_TAG.sub(" ", html))
 
 
 def _append(parent: _Node, element: Any, depth: int) -> None:
