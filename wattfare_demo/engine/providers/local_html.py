@@ -106,7 +106,7 @@ def _append(parent: _Node, element: Any, depth: int) -> None:
     """`element` (and its tail) as the last children of `parent`."""
     tag = element.tag
     if isinstance(tag, str):  # not an entity or other non-element node
-        node = _Node(tag.lower(), {str(k): str(v) for k, v in element.attrib.items()})
+        node = _Node(tag.lower(), dict(element.attrib))
         parent.children.append(node)
         if depth >= _MAX_DEPTH:
             _flatten(node, element)
@@ -128,9 +128,7 @@ def _flatten(node: _Node, element: Any) -> None:
     for descendant in element.iterdescendants():
         tag = descendant.tag
         if isinstance(tag, str):
-            node.children.append(
-                _Node(tag.lower(), {str(k): str(v) for k, v in descendant.attrib.items()})
-            )
+            node.children.append(_Node(tag.lower(), dict(descendant.attrib)))
             if descendant.text:
                 node.children.append(descendant.text)
         if descendant.tail:
