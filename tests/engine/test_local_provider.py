@@ -170,6 +170,14 @@ def test_html_as_browsers_read_it() -> None:
     assert convert_to_markdown(html) == "a\\\nb\\\nc\\\nd\n\n[one](/1)[two](/2)\n\nx\ufffdy"
 
 
+def test_html_with_an_encoding_declaration_is_read_as_the_text_it_is() -> None:
+    # The document arrives decoded: a declared encoding neither empties nor re-decodes it.
+    xml = '<?xml version="1.0" encoding="utf-8"?><html><body><p>é x</p></body></html>'
+    assert convert_to_markdown(xml) == "é x"
+    latin = '<html><head><meta charset="iso-8859-1"></head><body><p>日本 é</p></body></html>'
+    assert convert_to_markdown(latin) == "日本 é"
+
+
 def test_html_deeper_than_libxml2_reads_keeps_its_text() -> None:
     # libxml2 stops at 2048 open elements and drops the rest; the reader then keeps the
     # document's text rather than an empty answer, in linear time.

@@ -81,11 +81,19 @@ def _tree(html: str) -> _Node:
     # One parser per call (~2 µs): lxml parsers and their error logs are not to be shared
     # between threads. Comments and processing instructions are not content; no network.
     # huge_tree lifts libxml2's text-size limits and its depth limit to 2048.
+    # The text is already decoded: UTF-8 bytes with the encoding fixed, so neither an
+    # <?xml encoding=…?> declaration (lxml refuses it in a str) nor a <meta charset>
+    # re-decodes it. A lone surrogate becomes U+FFFD, as in browsers.
     parser = etree.HTMLParser(
-        remove_comments=True, remove_pis=True, no_network=True, huge_tree=True, recover=True
+        remove_comments=True,
+        remove_pis=True,
+        no_network=True,
+        huge_tree=True,
+        recover=True,
+        encoding="utf-8",
     )
     try:
-        element = etree.fromstring(html, parser)
+        element = etree.fromstring(html.encode("utf-8", "surrogatepass"), parser)
     except (etree.ParserError, ValueError):  # nothing but whitespace or comments
         return root
     if any(error.type_name == "ERR_RESOURCE_LIMIT" for error in parser.error_log):
