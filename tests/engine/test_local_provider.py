@@ -163,6 +163,34 @@ def test_html_never_passes_raw_html_through() -> None:
         assert hidden not in text
 
 
+def test_html_as_browsers_read_it() -> None:
+    # What libxml2 (lxml) reads differently from html.parser, made to match browsers:
+    # a stray </br> is a line break, nested links are two links, NUL is U+FFFD.
+    html = "<p>a<br/>b</br>c</BR >d</p><p><a href=/1>one<a href=/2>two</a></a></p><p>x\x00y</p>"
+    assert convert_to_markdown(html) == "a\\\nb\\\nc\\\nd\n\n[one](/1)[two](/2)\n\nx\ufffdy"
+
+
+def test_html_with_an_encoding_declaration_is_read_as_the_text_it_is() -> None:
+    # The document arrives decoded: a declared encoding neither empties nor re-decodes it.
+    xml = '<?xml version="1.0" encoding="utf-8"?><html><body><p>é x</p></body></html>'
+    assert convert_to_markdown(xml) == "é x"
+    latin = '<html><head><meta charset="iso-8859-1"></head><body><p>日本 é</p></body></html>'
+    assert convert_to_markdown(latin) == "日本 é"
+
+
+def test_html_deeper_than_libxml2_reads_keeps_its_text() -> None:
+    # libxml2 stops at 2048 open elements and drops the rest; the reader then keeps the
+    # document's text rather than an empty answer, in linear time.
+    depth = 10_000
+    html = "<div>" * depth + "deep <b>text</b> &amp; more" + "</div>" * depth + "<p>after</p>"
+    assert convert_to_markdown(html) == "deep text & more after"
+    # Deep but within libxml2's limit: the structure above _MAX_DEPTH is kept, the rest
+    # is flattened, and nothing recurses without bound.
+    nested = "<ul><li>" * 1000 + "leaf" + "</li></ul>" * 1000
+    text = convert_to_markdown(nested)
+    assert text.endswith("leaf") and text.startswith("- - ")
+
+
 def test_unsafe_and_awkward_urls() -> None:
     html = (
         '<p><a href="java\nscript:alert(1)">js</a> <a href="data:text/html,x">data</a> '
