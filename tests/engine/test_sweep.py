@@ -19,6 +19,19 @@ from wattfare_demo.engine.pricing import DEFAULT_PRICES
 from wattfare_demo.extensions import db
 
 
+def _plant_stale_hold(secret_key: str, token: str) -> None:
+    """A worker that reserved a call and died: its hold is stale at once."""
+    grants.reserve(
+        secret_key.split("_")[2],
+        token,
+        model="local/markdown",
+        price=DEFAULT_PRICES["local/markdown"],
+        prompt_tokens=10,
+        max_tokens=10,
+        hold_ttl=-1,
+    )
+
+
 def test_every_step_runs_and_says_what_it_did(app, client, make_grant, api_headers, secret_key):
     token = make_grant(2)
     keyed = {**api_headers(token), "Idempotency-Key": "k1"}
@@ -26,15 +39,7 @@ def test_every_step_runs_and_says_what_it_did(app, client, make_grant, api_heade
         client.post("/api/v1/chat/completions", headers=keyed, json=chat_body()).status_code == 200
     )
     with app.app_context():
-        grants.reserve(  # a worker reserved and died: its hold is stale at once
-            secret_key.split("_")[2],
-            token,
-            model="local/markdown",
-            price=DEFAULT_PRICES["local/markdown"],
-            prompt_tokens=10,
-            max_tokens=10,
-            hold_ttl=-1,
-        )
+        _plant_stale_hold(secret_key, token)
         db.session.execute(db.update(Replay).values(created_at=Replay.created_at - REPLAY_TTL))
         db.session.commit()
         done = sweep.sweep()
@@ -137,15 +142,7 @@ def test_the_sweep_releases_many_holds_in_batches_each_once(
     with app.app_context():
         for token, holds in zip(tokens, holds_per_grant, strict=True):
             for _ in range(holds):
-                grants.reserve(  # workers that reserved and died: stale at once
-                    secret_key.split("_")[2],
-                    token,
-                    model="local/markdown",
-                    price=DEFAULT_PRICES["local/markdown"],
-                    prompt_tokens=10,
-                    max_tokens=10,
-                    hold_ttl=-1,
-                )
+                _plant_stale_hold(secret_key, token)
         assert grants.release_stale() == sum(holds_per_grant)
         assert db.session.execute(select(Grant.reserved, Grant.held_pusd)).all() == [(0, 0)] * 3
         statuses = db.session.scalars(select(Usage.status)).all()
