@@ -7,9 +7,9 @@ A year of a busy engine, in the engine's real tables (the schema comes from
 - `grants` grants created evenly over the last `SPAN_DAYS` days, each living 10 minutes
   (so all but the newest are expired), half with a dollar cap, 2 % revoked;
 - `ledger` rows, `ledger // grants` per grant: 98 % settled, 1 % failed (released), 1 %
-  expired holds; a tenth streamed. Rows of the last 24 hours keep their
-  Idempotency-Key, fingerprint and stored answer, as the SDK's calls leave them (it
-  sends a key with every call); older ones have had them forgotten by the sweep.
+  expired holds; a tenth streamed. The settled calls of the last 30 minutes keep their
+  retry record in `replays` (Idempotency-Key hash, request hash, sealed answer), as the
+  SDK's calls leave them (it sends a key with every call); older ones the sweep forgot.
 
 Each grant's counters agree with its ledger rows (used = its settled rows, spent = their
 cost), so the CHECK constraints hold and the accounting still adds up.
@@ -31,6 +31,7 @@ COST_PUSD = 123_000_000  # $0.000123 a settled call
 HOLD_PUSD = 400_000_000
 CAP_PUSD = 10**12  # $1 on the capped half
 REQUESTS = 10  # each seeded grant allowed this many calls
+REPLAY_SECONDS = 1800  # idempotency.REPLAY_TTL: what the sweep keeps for retries
 
 
 def _app_expr(dialect: str, grant: str, apps: int) -> str:
@@ -96,27 +97,32 @@ def _statements(dialect: str, *, apps: int, grants: int, ledger: int, now: int) 
     )
     g_of_n = f"((n / {per_grant}) + 1)"
     started = f"({now} - {span} + (({g_of_n} * {span}) / {grants}))"
-    recent = f"{started} > {now - 86400}"
-    body = '\'{"status": 200, "headers": null, "body": "{\\"object\\": \\"chat.completion\\"}"}\''
     ledger_sql = series(
         "n",
         0,
         ledger - 1,
         "INSERT INTO usage (id, grant_id, app_id, model, status, stream, prompt_tokens, "
         "completion_tokens, hold_pusd, cost_pusd, error, started_at, hold_expires_at, "
-        "finished_at, duration_ms, idempotency_key, request_fingerprint, response_body) "
+        "finished_at, duration_ms) "
         f"SELECT n + 1, {g_of_n}, "
         + _app_expr(dialect, g_of_n, apps)
         + ", 'local/markdown', CASE n % 100 WHEN 0 THEN 'failed' WHEN 1 THEN 'expired' "
         "ELSE 'ok' END, " + ("n % 10 = 0" if pg else "(n % 10 = 0)") + ", 120, 80, "
         f"{HOLD_PUSD}, CASE WHEN n % 100 IN (0, 1) THEN 0 ELSE {COST_PUSD} END, "
         "CASE n % 100 WHEN 0 THEN 'upstream_status' WHEN 1 THEN 'hold_expired' END, "
-        f"{started}, {started} + 900, {started} + 1, 40, "
-        f"CASE WHEN {recent} THEN {key_hex('n')} END, "
-        f"CASE WHEN {recent} THEN {random_hex('n + 2000000000')} END, "
-        f"CASE WHEN {recent} THEN {body} END FROM_SERIES",
+        f"{started}, {started} + 900, {started} + 1, 40 FROM_SERIES",
     )
-    return [apps_sql, grants_sql, ledger_sql]
+    # The retry records the sweep has not forgotten yet: the settled calls of the last
+    # REPLAY_SECONDS, each with its Idempotency-Key hash, request hash and sealed answer.
+    answer = "'sealed-answer-of-a-seeded-call'"
+    replays_sql = (
+        "INSERT INTO replays (app_id, usage_id, key_hash, request_hash, stream, answer, "  # noqa: S608 - constants
+        f"delivered, created_at) SELECT app_id, id, {key_hex('id')}, "
+        f"{random_hex('id + 2000000000')}, stream, {answer}, "
+        + ("true" if pg else "1")
+        + f", started_at FROM usage WHERE status = 'ok' AND started_at > {now - REPLAY_SECONDS}"
+    )
+    return [apps_sql, grants_sql, ledger_sql, replays_sql]
 
 
 def seed_postgres(url: str, *, apps: int, grants: int, ledger: int) -> float:
