@@ -184,16 +184,17 @@ _record = _replays.insert().values(
     delivered=False,
     created_at=db_now(),
 )
-_RECORD = Statement(_record)
 _CLAIM = Statement(_record.returning(_replays.c.id))
 _LINK = Statement(
     _replays.update()
     .where(_replays.c.id == bindparam("p_id"))
     .values(usage_id=bindparam("p_usage_id"))
 )
+# By the record's primary key, which on_reserved keeps: replays has no index on usage_id,
+# and every call with an Idempotency-Key (the SDK sends one each time) keeps its answer.
 _KEEP = Statement(
     _replays.update()
-    .where(_replays.c.usage_id == bindparam("p_usage_id"))
+    .where(_replays.c.id == bindparam("p_id"))
     .values(answer=bindparam("p_answer"), delivered=bindparam("p_delivered"))
 )
 _DELIVERED = Statement(
@@ -329,11 +330,12 @@ class Retry:
     # --- with the accounting ---------------------------------------------------------
 
     def on_reserved(self, usage_id: int) -> None:
-        """In the reservation's transaction: tie the record to the call."""
+        """In the reservation's transaction: tie the record to the call (and keep its id,
+        by which keep() and forget() find it)."""
         if self.claim_id is not None:
             _LINK.run(p_id=self.claim_id, p_usage_id=usage_id)
         else:
-            _RECORD.run(**self._values(p_usage_id=usage_id))
+            self.claim_id = _CLAIM.run(**self._values(p_usage_id=usage_id)).scalar_one()
 
     def wants_answer(self, *, delivered: bool, seconds: float) -> bool:
         """Whether a retry may come for this call's answer, so it is worth keeping."""
@@ -363,13 +365,8 @@ class Retry:
                 "mimetype": mimetype,
             }
         ).encode()
-        _KEEP.run(
-            **{
-                "p_usage_id": usage_id,
-                "p_answer": seal(self.secret, envelope),
-                "p_delivered": delivered,
-            },
-        )
+        assert self.claim_id is not None, "keep() after on_reserved() only"
+        _KEEP.run(p_id=self.claim_id, p_answer=seal(self.secret, envelope), p_delivered=delivered)
 
     def forget(self, usage_id: int | None = None) -> None:
         """The call charged nothing (refused, or released): nothing to replay, and its
