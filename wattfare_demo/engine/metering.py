@@ -282,7 +282,7 @@ class _Lifecycle:
     def release(self, error: str) -> None:
         self.ended = True
         grants.release(self.reservation, error=error, duration_ms=_elapsed_ms(self.started))
-        self.call.retry.forget(self.reservation.usage_id)
+        self.call.retry.forget()
 
     def settle(
         self, prompt_tokens: int, completion_tokens: int, *, error: str | None = None, **kw: Any
@@ -323,7 +323,6 @@ class _Lifecycle:
             if not wanted:
                 return
             self.call.retry.keep(
-                self.reservation.usage_id,
                 status=200,
                 headers=headers,
                 body=body,
