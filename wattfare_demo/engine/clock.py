@@ -23,8 +23,11 @@ def _db_now_default(element: db_now, compiler: Any, **kw: Any) -> str:  # pragma
 
 @compiles(db_now, "postgresql")
 def _db_now_postgresql(element: db_now, compiler: Any, **kw: Any) -> str:
-    # clock_timestamp(), not now(): now() is frozen at the start of the transaction.
-    return "CAST(FLOOR(EXTRACT(EPOCH FROM clock_timestamp())) AS BIGINT)"
+    # statement_timestamp(), not now(): now() is frozen at the start of the transaction.
+    # Nor clock_timestamp(): it is volatile, so PostgreSQL evaluates it row by row and
+    # cannot bound an index scan with it (`hold_expires_at < db_now()` walked the whole
+    # index); statement_timestamp() is stable, one value for the statement.
+    return "CAST(FLOOR(EXTRACT(EPOCH FROM statement_timestamp())) AS BIGINT)"
 
 
 @compiles(db_now, "sqlite")

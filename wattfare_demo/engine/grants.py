@@ -193,10 +193,10 @@ _hold_ttl = bindparam("p_hold_ttl", type_=BigInteger)
 _budget_hour = bindparam("p_budget_hour", type_=BigInteger)
 _cost = bindparam("p_cost", type_=BigInteger)
 # The app's budget rides along (a primary-key lookup, no lock): most apps have none, and
-# then reserving costs no statement more than it did before budgets existed.
-_app_budget = (
-    select(_apps.c.daily_budget_pusd).where(_apps.c.id == _grants.c.app_id).scalar_subquery()
-)
+# then reserving costs no statement more than it did before budgets existed. By the bound
+# app id (the WHERE below makes it the grant's): correlated with grants.app_id in a
+# RETURNING clause, SQLite's plan scans apps.
+_app_budget = select(_apps.c.daily_budget_pusd).where(_apps.c.id == _app_id).scalar_subquery()
 _reserve = (
     _grants.update()
     .where(
@@ -362,10 +362,14 @@ _GIVE_BACK_ALL = Statement(
         held_pusd=_grants.c.held_pusd - _hold,
     )
 )
-# 'pending' as a literal, not a bound parameter: SQLite uses the partial index
-# ix_usage_pending_hold only for a WHERE that names its exact term.
+# The sweeps' WHERE names both terms of ix_usage_pending_hold's predicate
+# (models.PENDING_HOLD), 'pending' as a literal, not a bound parameter: SQLite uses a
+# partial index only for a WHERE that names its terms (it does not infer `IS NOT NULL` of
+# a NOT NULL column from the comparison, as PostgreSQL does).
 _pending_expired = and_(
-    _usage.c.status == literal_column("'pending'"), _usage.c.hold_expires_at < db_now()
+    _usage.c.status == literal_column("'pending'"),
+    _usage.c.hold_expires_at.is_not(None),
+    _usage.c.hold_expires_at < db_now(),
 )
 _stale = (
     _usage.update()

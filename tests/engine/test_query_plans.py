@@ -1,0 +1,139 @@
+"""The plans of the statements that must stay on an index as the tables grow.
+
+bench/scale.py checks every hot statement on 5,000,000 ledger rows; these are the ones
+it found off their index, checked here on a small history (settled calls and their
+retry records, ANALYZEd as autovacuum would), EXPLAINed as the real code sends them:
+
+- settle's claim of its ledger row goes by the primary key. PostgreSQL preferred the
+  partial index of pending holds, which looks empty to its planner, and read every
+  entry the calls settled since the last vacuum left in it (models.PENDING_HOLD);
+- the stale-hold sweep goes through that partial index, bounded by the expiry (the
+  database clock must be stable within a statement for that: clock.py);
+- the sweep deletes old retry records by ix_replays_created_at.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from flask import Flask
+from sqlalchemy import event, text
+
+from tests.helpers import chat_body
+from wattfare_demo.engine import grants, sweep
+from wattfare_demo.engine.pricing import DEFAULT_PRICES
+from wattfare_demo.extensions import db
+
+HISTORY = 5000  # settled calls already in the ledger
+
+
+@contextmanager
+def _sent(app: Flask) -> Iterator[list[tuple[str, Any]]]:
+    """Every statement sent to the database meanwhile, with its parameters."""
+    sent: list[tuple[str, Any]] = []
+
+    def record(conn: Any, cursor: Any, statement: str, parameters: Any, *args: Any) -> None:
+        sent.append((statement, parameters))
+
+    with app.app_context():
+        engine = db.engine
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield sent
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+
+
+def _plan(app: Flask, statement: str, parameters: Any) -> str:
+    with app.app_context():
+        connection = db.engine.raw_connection()
+        try:
+            cursor = connection.cursor()
+            if db.engine.dialect.name == "postgresql":
+                cursor.execute(f"EXPLAIN {statement}", parameters)
+                lines = [row[0] for row in cursor.fetchall()]
+            else:
+                cursor.execute(f"EXPLAIN QUERY PLAN {statement}", parameters)
+                lines = [row[3] for row in cursor.fetchall()]
+            connection.rollback()
+        finally:
+            connection.close()
+    return "\n".join(lines)
+
+
+def _one(sent: list[tuple[str, Any]], matches: Callable[[str], bool]) -> tuple[str, Any]:
+    found = [(sql, params) for sql, params in sent if matches(" ".join(sql.split()))]
+    assert found, "\n".join(sql for sql, _ in sent)
+    return found[0]
+
+
+def _with_history(app: Flask, token: str) -> None:
+    """HISTORY settled calls on the grant's app and their retry records, then ANALYZE."""
+    with app.app_context():
+        grant_id, app_id = db.session.execute(
+            text("SELECT id, app_id FROM grants ORDER BY id DESC LIMIT 1")
+        ).one()
+        now = grants._db_clock()
+        numbers = [{"n": n} for n in range(HISTORY)]
+        db.session.execute(
+            text(
+                "INSERT INTO usage (grant_id, app_id, model, status, stream, prompt_tokens, "
+                "completion_tokens, hold_pusd, cost_pusd, started_at, hold_expires_at, "
+                "finished_at) VALUES (:g, :a, 'local/markdown', 'ok', false, 1, 1, 0, 0, "
+                ":now, :now + 300, :now)"
+            ).bindparams(g=grant_id, a=app_id, now=now),
+            numbers,
+        )
+        db.session.execute(
+            text(
+                "INSERT INTO replays (app_id, request_hash, stream, delivered, created_at) "
+                "VALUES (:a, 'r' || :n, false, true, :now)"
+            ).bindparams(a=app_id, now=now),
+            numbers,
+        )
+        db.session.commit()
+        db.session.execute(text("ANALYZE"))
+        db.session.commit()
+        db.session.remove()
+
+
+def test_settle_claims_by_primary_key_and_the_sweep_by_its_indexes(
+    app, client, make_grant, api_headers, secret_key
+):
+    token = make_grant(5)
+    _with_history(app, token)
+    with _sent(app) as sent:
+        answer = client.post(
+            "/api/v1/chat/completions", headers=api_headers(token), json=chat_body()
+        )
+        assert answer.status_code == 200, answer.get_json()
+        with app.app_context():
+            grants.reserve(  # a worker that reserved a call and died: stale at once
+                secret_key.split("_")[2],
+                token,
+                model="local/markdown",
+                price=DEFAULT_PRICES["local/markdown"],
+                prompt_tokens=10,
+                max_tokens=10,
+                hold_ttl=-1,
+            )
+            done = dict((step.name, count) for step, count in sweep.sweep() or [])
+            db.session.remove()
+    assert done["holds"] == 1
+
+    # Settle's claim: the ledger row by id, pending → ok (on PostgreSQL inside the one
+    # statement that also charges the grant).
+    claim = _plan(app, *_one(sent, lambda sql: "usage.id =" in sql and "prompt_tokens=" in sql))
+    assert "pending_hold" not in claim, claim
+    assert "pk_usage" in claim or "INTEGER PRIMARY KEY" in claim, claim
+
+    stale = _plan(app, *_one(sent, lambda sql: "SET status" in sql and "IS NOT NULL" in sql))
+    assert "ix_usage_pending_hold" in stale, stale
+    # Bounded by the expiry, not walking the index with it as a filter.
+    assert "(hold_expires_at<?)" in stale or "Index Cond: (hold_expires_at <" in stale, stale
+    assert "SCAN usage" not in stale and "Seq Scan" not in stale, stale
+
+    replays = _plan(app, *_one(sent, lambda sql: sql.startswith("DELETE FROM replays")))
+    assert "ix_replays_created_at" in replays, replays
