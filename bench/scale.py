@@ -228,7 +228,7 @@ def grant_id(engine: Engine, token: str) -> int:
 def hot_paths(db_: Db) -> list[Statement]:
     """Run each hot path once in this process, recording every statement it sends."""
     engine, flask_app = db_.engine, db_.engine.flask
-    metered, keyed, status, swept = engine.create_grants(4, 100)
+    metered, keyed, status, swept, budgeted = engine.create_grants(5, 100)
     (one,) = engine.create_grants(1, 1)
     # Two stale holds: one the refused call releases, one left for the sweep.
     plant_stale_holds(engine, [grant_id(engine, one), grant_id(engine, swept)])
@@ -258,6 +258,11 @@ def hot_paths(db_: Db) -> list[Statement]:
             ),
             200,
         ),
+        (
+            "metered call, app with a daily budget",
+            lambda: _with_daily_budget(flask_app, sk, lambda: call(budgeted)),
+            200,
+        ),
         ("refused by a stale hold, released, let through", lambda: call(one), 200),
         ("exhausted grant (402)", lambda: call(one), 402),
         ("sweep (flask wattfare sweep)", lambda: _sweep(flask_app), 0),
@@ -269,6 +274,23 @@ def hot_paths(db_: Db) -> list[Statement]:
             if got != expected:
                 raise RuntimeError(f"{step}: expected {expected}, got {got}")
     return statements
+
+
+def _with_daily_budget(flask_app: Any, secret_key: str, run: Any) -> int:
+    """run() while the app has a daily budget (its reservations then take a budget hold)."""
+    from wattfare_demo.engine.apps import app_for_secret_key, set_daily_budget
+
+    def budget(pusd: int | None) -> None:
+        with flask_app.app_context():
+            app = app_for_secret_key(secret_key)
+            assert app is not None
+            set_daily_budget(app, pusd)
+
+    budget(10**15)  # $1,000 a day
+    try:
+        return int(run())
+    finally:
+        budget(None)
 
 
 def _sweep(flask_app: Any) -> int:

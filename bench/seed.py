@@ -9,7 +9,10 @@ A year of a busy engine, in the engine's real tables (the schema comes from
 - `ledger` rows, `ledger // grants` per grant: 98 % settled, 1 % failed (released), 1 %
   expired holds; a tenth streamed. The settled calls of the last 30 minutes keep their
   retry record in `replays` (Idempotency-Key hash, request hash, sealed answer), as the
-  SDK's calls leave them (it sends a key with every call); older ones the sweep forgot.
+  SDK's calls leave them (it sends a key with every call); older ones the sweep forgot;
+- every tenth app has a daily budget: its ledger rows name their budget hour, and
+  `app_spend` holds what they cost in the hours still in the budget window;
+- `session_uses`: the session tokens that made their grant in the last ten minutes.
 
 Each grant's counters agree with its ledger rows (used = its settled rows, spent = their
 cost), so the CHECK constraints hold and the accounting still adds up.
@@ -32,6 +35,10 @@ HOLD_PUSD = 400_000_000
 CAP_PUSD = 10**12  # $1 on the capped half
 REQUESTS = 10  # each seeded grant allowed this many calls
 REPLAY_SECONDS = 1800  # idempotency.REPLAY_TTL: what the sweep keeps for retries
+BUDGETED_EVERY = 10  # every tenth app has a daily budget
+BUDGET_PUSD = 10**15  # $1,000 a day
+BUDGET_WINDOW_HOURS = 24  # grants.BUDGET_WINDOW_HOURS
+SESSIONS = 10_000  # session tokens used in the last ten minutes
 
 
 def _app_expr(dialect: str, grant: str, apps: int) -> str:
@@ -78,11 +85,12 @@ def _statements(dialect: str, *, apps: int, grants: int, ledger: int, now: int) 
         1,
         apps,
         "INSERT INTO apps (id, name, mode, secret_hash, session_key_box, auto_approve, "
-        "created_at) SELECT "
+        "created_at, daily_budget_pusd) SELECT "
         + _app_expr(dialect, "a - 1", apps)
         + f", 'Seeded app ' || a, 'test', {random_hex('a + 1000000000')}, 'seeded', "
         + ("false" if pg else "0")
-        + f", {now - span - 86400} FROM_SERIES",
+        + f", {now - span - 86400}, CASE WHEN a % {BUDGETED_EVERY} = 0 THEN {BUDGET_PUSD} END"
+        " FROM_SERIES",
     )
     grants_sql = series(
         "g",
@@ -103,14 +111,34 @@ def _statements(dialect: str, *, apps: int, grants: int, ledger: int, now: int) 
         ledger - 1,
         "INSERT INTO usage (id, grant_id, app_id, model, status, stream, prompt_tokens, "
         "completion_tokens, hold_pusd, cost_pusd, error, started_at, hold_expires_at, "
-        "finished_at, duration_ms) "
+        "finished_at, duration_ms, budget_hour) "
         f"SELECT n + 1, {g_of_n}, "
         + _app_expr(dialect, g_of_n, apps)
         + ", 'local/markdown', CASE n % 100 WHEN 0 THEN 'failed' WHEN 1 THEN 'expired' "
         "ELSE 'ok' END, " + ("n % 10 = 0" if pg else "(n % 10 = 0)") + ", 120, 80, "
         f"{HOLD_PUSD}, CASE WHEN n % 100 IN (0, 1) THEN 0 ELSE {COST_PUSD} END, "
         "CASE n % 100 WHEN 0 THEN 'upstream_status' WHEN 1 THEN 'hold_expired' END, "
-        f"{started}, {started} + 900, {started} + 1, 40 FROM_SERIES",
+        f"{started}, {started} + 900, {started} + 1, 40, "
+        f"CASE WHEN ({g_of_n} % {apps} + 1) % {BUDGETED_EVERY} = 0 THEN {started} / 3600 END "
+        "FROM_SERIES",
+    )
+    # The budgeted apps' hours still in the window (and the one hour the sweep is due to
+    # forget), each holding what its settled calls cost.
+    spend_sql = (
+        "INSERT INTO app_spend (app_id, hour, spent_pusd, held_pusd) "  # noqa: S608 - constants
+        "SELECT app_id, budget_hour, SUM(cost_pusd), 0 FROM usage "
+        f"WHERE budget_hour >= {now // 3600 - BUDGET_WINDOW_HOURS - 1} "
+        "GROUP BY app_id, budget_hour"
+    )
+    # The session tokens that made their grant in the last ten minutes: kept until their
+    # `exp` (at most 10 minutes on), those past it (and its margin) due to be forgotten.
+    sessions_sql = series(
+        "t",
+        1,
+        SESSIONS,
+        "INSERT INTO session_uses (app_id, jti, expires_at) SELECT "
+        + _app_expr(dialect, "t", apps)
+        + f", 'seeded-session-' || t, {now - 600} + (t * 1200) / {SESSIONS} FROM_SERIES",
     )
     # The retry records the sweep has not forgotten yet: the settled calls of the last
     # REPLAY_SECONDS, each with its Idempotency-Key hash, request hash and sealed answer.
@@ -122,7 +150,7 @@ def _statements(dialect: str, *, apps: int, grants: int, ledger: int, now: int) 
         + ("true" if pg else "1")
         + f", started_at FROM usage WHERE status = 'ok' AND started_at > {now - REPLAY_SECONDS}"
     )
-    return [apps_sql, grants_sql, ledger_sql, replays_sql]
+    return [apps_sql, grants_sql, ledger_sql, replays_sql, spend_sql, sessions_sql]
 
 
 def seed_postgres(url: str, *, apps: int, grants: int, ledger: int) -> float:
