@@ -58,6 +58,7 @@ from bench.harness import (
     median,
     postgres_version,
     recreate_postgres,
+    same_columns,
     served,
     with_database_name,
     wrk,
@@ -487,6 +488,8 @@ def main() -> None:
                     recreate_postgres(url)
                 label = f"{backend}-baseline" if ref else backend
                 target = make_target(label, backend, url, **({"code": code} if code else {}))
+                if ref:
+                    same_columns(target, ref)
                 engine = Engine(target)
                 stack.callback(engine.dispose)
                 server = stack.enter_context(served(target))
