@@ -9,7 +9,9 @@ retry records, ANALYZEd as autovacuum would), EXPLAINed as the real code sends t
   entry the calls settled since the last vacuum left in it (models.PENDING_HOLD);
 - the stale-hold sweep goes through that partial index, bounded by the expiry (the
   database clock must be stable within a statement for that: clock.py);
-- the sweep deletes old retry records by ix_replays_created_at.
+- the sweep deletes old retry records by ix_replays_created_at;
+- a key-less call's retry lookup reads the newest record of its request, not every
+  key-less record of its app (which replay_key, when it held them, let it do).
 """
 
 from __future__ import annotations
@@ -109,6 +111,10 @@ def test_settle_claims_by_primary_key_and_the_sweep_by_its_indexes(
             "/api/v1/chat/completions", headers=api_headers(token), json=chat_body()
         )
         assert answer.status_code == 200, answer.get_json()
+        keyed = {**api_headers(token), "Idempotency-Key": "plans-1"}
+        for _ in range(2):  # the second is a retry, found by its key and replayed
+            answer = client.post("/api/v1/chat/completions", headers=keyed, json=chat_body())
+            assert answer.status_code == 200, answer.get_json()
         with app.app_context():
             grants.reserve(  # a worker that reserved a call and died: stale at once
                 secret_key.split("_")[2],
@@ -137,3 +143,10 @@ def test_settle_claims_by_primary_key_and_the_sweep_by_its_indexes(
 
     replays = _plan(app, *_one(sent, lambda sql: sql.startswith("DELETE FROM replays")))
     assert "ix_replays_created_at" in replays, replays
+
+    # A retry's lookup: a key-less call by its request (the newest record of it), a call
+    # with a key by the key; neither walks the other kind's records.
+    latest = _plan(app, *_one(sent, lambda sql: "FROM replays" in sql and "IS NULL" in sql))
+    assert "ix_replays_request" in latest, latest
+    by_key = _plan(app, *_one(sent, lambda sql: "FROM replays" in sql and "key_hash =" in sql))
+    assert "replay_key" in by_key, by_key

@@ -232,9 +232,28 @@ class Replay(Model):
     created_at: Mapped[int] = mapped_column(BigInteger, default=db_now(), index=True)
 
     __table_args__ = (
-        # Decides a race between calls with one new key: the second claim fails.
-        UniqueConstraint("app_id", "key_hash", name="replay_key"),
-        Index("ix_replays_request", "app_id", "request_hash"),
+        # Decides a race between calls with one new key: the second claim fails. Only the
+        # records with a key are in it (NULLs never conflict anyway): a key-less call's
+        # lookup could otherwise walk this index's (app, NULL) entries, every key-less
+        # call of the app in the last 30 minutes (PostgreSQL did, at 1 ms a call).
+        Index(
+            "replay_key",
+            "app_id",
+            "key_hash",
+            unique=True,
+            postgresql_where=text("key_hash IS NOT NULL"),
+            sqlite_where=text("key_hash IS NOT NULL"),
+        ),
+        # A key-less call's lookup (idempotency._LATEST): the newest record of the same
+        # request, one index entry read however often the request was made.
+        Index(
+            "ix_replays_request",
+            "app_id",
+            "request_hash",
+            "id",
+            postgresql_where=text("key_hash IS NULL"),
+            sqlite_where=text("key_hash IS NULL"),
+        ),
     )
 
 
