@@ -299,6 +299,17 @@ def test_lines_broken_inside_paragraphs_and_words_are_joined() -> None:
     )
 
 
+def test_a_long_wrapped_item_or_paragraph_is_joined_whole_and_in_place() -> None:
+    # The continuation lines wait until the item ends (tidy_markdown joins them once):
+    # whatever comes next, a paragraph, a heading or another item, comes after it.
+    item = "- first\n" + "\n".join(["  more"] * 3000)
+    assert convert(item + "\nAfter it.").text == "- first" + " more" * 3000 + "\n\nAfter it."
+    assert convert(item + "\n# Title").text == "- first" + " more" * 3000 + "\n\n# Title"
+    assert convert(item + "\n- second").text == "- first" + " more" * 3000 + "\n- second"
+    paragraph = "\n".join(["pick-", "ing"] * 3000)
+    assert convert(paragraph).text == " ".join(["picking"] * 3000)
+
+
 def test_a_hyphen_before_a_capital_or_a_number_stays() -> None:
     assert convert("North-\nEast and 1990-\n2000").text == "North- East and 1990- 2000"
 

@@ -143,13 +143,22 @@ class _Tidy:
         self.paragraph: list[str] = []
         self.last_level = 0  # the level of the last heading written
         self.kind = "blank"  # what the last line written was: text, list, table, quote…
+        # Continuation lines of the last list item, joined to it once it ends: joining
+        # each as it came copied the item every time (quadratic in its lines).
+        self.more: list[str] = []
 
     # The document as a list of lines; `gap()` ensures the blank line before a block.
     def gap(self) -> None:
         if self.out and self.out[-1] != "":
             self.out.append("")
 
+    def end_item(self) -> None:
+        if self.more:
+            self.out[-1] = _join_lines([self.out[-1], *self.more])
+            self.more = []
+
     def flush(self) -> None:
+        self.end_item()
         lines, self.paragraph = self.paragraph, []
         if not lines:
             return
@@ -175,8 +184,7 @@ class _Tidy:
 
     def line_block(self, line: str, kind: str) -> None:
         """A table row, quote line or list item: kept on its own line, in a group."""
-        if self.paragraph:
-            self.flush()
+        self.flush()
         if self.out and self.out[-1] != "" and self.kind != kind:
             self.out.append("")
         self.out.append(line)
@@ -243,8 +251,7 @@ def tidy_markdown(text: str) -> str:
             tidy.line_block(f"{indent}{marker} {body}", "list")
             continue
         if tidy.kind == "list" and raw[:1] in (" ", "\t") and tidy.out:
-            more = _INNER_SPACES.sub(" ", neutralise_tags(line.strip()))
-            tidy.out[-1] = _join_lines([tidy.out[-1], more])
+            tidy.more.append(_INNER_SPACES.sub(" ", neutralise_tags(line.strip())))
             continue
         tidy.text(neutralise_tags(line.strip() if not line.endswith("\\") else line.lstrip()))
     tidy.flush()
@@ -266,13 +273,19 @@ def _title_like(line: str) -> bool:
 
 
 def _join_lines(lines: list[str]) -> str:
-    """Soft-wrapped lines as one line; a hyphen at a line end before a lowercase word goes."""
-    out = lines[0]
+    """Soft-wrapped lines as one line; a hyphen at a line end before a lowercase word goes.
+
+    Built as a list of parts, and each test looks at the last part's end only: growing
+    one string (or searching it whole) made a paragraph of 10,000 lines quadratic, a
+    minute for a plain-text file."""
+    parts = [lines[0]]
     for line in lines[1:]:
-        if out.endswith("\\"):  # a hard line break stays a break
-            out += "\n" + line
-        elif _HYPHENATED.search(out) and line[:1].islower():
-            out = out[:-1] + line
+        last = parts[-1]
+        if last.endswith("\\"):  # a hard line break stays a break
+            parts.append("\n" + line)
+        elif _HYPHENATED.search(last, max(len(last) - 2, 0)) and line[:1].islower():
+            parts[-1] = last[:-1]
+            parts.append(line)
         else:
-            out += " " + line
-    return out
+            parts.append(" " + line)
+    return "".join(parts)
