@@ -40,6 +40,7 @@ import sqlite3
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -258,26 +259,25 @@ def hot_paths(db_: Db) -> list[Statement]:
             ),
             200,
         ),
-        (
-            "metered call, app with a daily budget",
-            lambda: _with_daily_budget(flask_app, sk, lambda: call(budgeted)),
-            200,
-        ),
+        ("metered call, app with a daily budget", lambda: call(budgeted), 200),
         ("refused by a stale hold, released, let through", lambda: call(one), 200),
         ("exhausted grant (402)", lambda: call(one), 402),
         ("sweep (flask wattfare sweep)", lambda: _sweep(flask_app), 0),
     ]
     with contextlib.redirect_stdout(io.StringIO()):  # the request log lines
         for step, run, expected in steps:
-            with capture(flask_app, step, statements):
+            # A budget is set for its step only, and not among the statements recorded.
+            budget = _daily_budget(flask_app, sk) if "daily budget" in step else None
+            with budget or contextlib.nullcontext(), capture(flask_app, step, statements):
                 got = run()
             if got != expected:
                 raise RuntimeError(f"{step}: expected {expected}, got {got}")
     return statements
 
 
-def _with_daily_budget(flask_app: Any, secret_key: str, run: Any) -> int:
-    """run() while the app has a daily budget (its reservations then take a budget hold)."""
+@contextlib.contextmanager
+def _daily_budget(flask_app: Any, secret_key: str) -> Iterator[None]:
+    """The app has a daily budget meanwhile (its reservations then take a budget hold)."""
     from wattfare_demo.engine.apps import app_for_secret_key, set_daily_budget
 
     def budget(pusd: int | None) -> None:
@@ -288,7 +288,7 @@ def _with_daily_budget(flask_app: Any, secret_key: str, run: Any) -> int:
 
     budget(10**15)  # $1,000 a day
     try:
-        return int(run())
+        yield
     finally:
         budget(None)
 

@@ -210,6 +210,9 @@ def main() -> None:
                 "WATTFARE_UPSTREAM_URL": upstream_url,
                 "WATTFARE_UPSTREAM_API_KEY": "bench-upstream-key",
                 "WATTFARE_PRICES": json.dumps({UPSTREAM_MODEL: {"input": 1, "output": 2}}),
+                # Production with a paid provider needs a daily ceiling: a generous one,
+                # so the app takes its budget holds as a deployed one does.
+                "WATTFARE_DAILY_BUDGET_USD": "1000",
             },
         )
         engine = Engine(target)
