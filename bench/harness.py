@@ -319,9 +319,10 @@ def same_columns(target: Target, ref: str) -> None:
     """Exit unless `target`'s migrated database has this checkout's tables and columns."""
     from sqlalchemy import create_engine, inspect
 
+    from wattfare_demo.config import database_url
     from wattfare_demo.extensions import db
 
-    engine = create_engine(target.database_url)
+    engine = create_engine(database_url(target.database_url, ""))
     try:
         inspector = inspect(engine)
         theirs = {
