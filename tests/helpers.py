@@ -72,3 +72,20 @@ def race_each(url: str, each: list[dict[str, str]], body: dict) -> list[tuple[in
 
     with ThreadPoolExecutor(len(each)) as pool:
         return list(pool.map(one, enumerate(each)))
+
+
+def plant_stale_hold(secret_key: str, token: str) -> None:
+    """A worker that reserved a call on `token` and died: its hold is stale at once.
+    Runs in the caller's app context."""
+    from wattfare_demo.engine import grants
+    from wattfare_demo.engine.pricing import DEFAULT_PRICES
+
+    grants.reserve(
+        secret_key.split("_")[2],
+        token,
+        model="local/markdown",
+        price=DEFAULT_PRICES["local/markdown"],
+        prompt_tokens=10,
+        max_tokens=10,
+        hold_ttl=-1,
+    )

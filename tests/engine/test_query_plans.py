@@ -23,9 +23,8 @@ from typing import Any
 from flask import Flask
 from sqlalchemy import event, text
 
-from tests.helpers import chat_body
+from tests.helpers import chat_body, plant_stale_hold
 from wattfare_demo.engine import grants, sweep
-from wattfare_demo.engine.pricing import DEFAULT_PRICES
 from wattfare_demo.extensions import db
 
 HISTORY = 5000  # settled calls already in the ledger
@@ -116,15 +115,7 @@ def test_settle_claims_by_primary_key_and_the_sweep_by_its_indexes(
             answer = client.post("/api/v1/chat/completions", headers=keyed, json=chat_body())
             assert answer.status_code == 200, answer.get_json()
         with app.app_context():
-            grants.reserve(  # a worker that reserved a call and died: stale at once
-                secret_key.split("_")[2],
-                token,
-                model="local/markdown",
-                price=DEFAULT_PRICES["local/markdown"],
-                prompt_tokens=10,
-                max_tokens=10,
-                hold_ttl=-1,
-            )
+            plant_stale_hold(secret_key, token)
             done = dict((step.name, count) for step, count in sweep.sweep() or [])
             db.session.remove()
     assert done["holds"] == 1

@@ -10,26 +10,12 @@ import time
 import httpx
 from sqlalchemy import func, select
 
-from tests.helpers import ORIGIN, chat_body, mint_session
+from tests.helpers import ORIGIN, chat_body, mint_session, plant_stale_hold
 from tests.procfile import WebProcess, procfile_env, run_release
 from wattfare_demo.engine import grants, sweep
 from wattfare_demo.engine.idempotency import REPLAY_TTL
 from wattfare_demo.engine.models import Grant, Replay, Usage
-from wattfare_demo.engine.pricing import DEFAULT_PRICES
 from wattfare_demo.extensions import db
-
-
-def _plant_stale_hold(secret_key: str, token: str) -> None:
-    """A worker that reserved a call and died: its hold is stale at once."""
-    grants.reserve(
-        secret_key.split("_")[2],
-        token,
-        model="local/markdown",
-        price=DEFAULT_PRICES["local/markdown"],
-        prompt_tokens=10,
-        max_tokens=10,
-        hold_ttl=-1,
-    )
 
 
 def test_every_step_runs_and_says_what_it_did(app, client, make_grant, api_headers, secret_key):
@@ -39,7 +25,7 @@ def test_every_step_runs_and_says_what_it_did(app, client, make_grant, api_heade
         client.post("/api/v1/chat/completions", headers=keyed, json=chat_body()).status_code == 200
     )
     with app.app_context():
-        _plant_stale_hold(secret_key, token)
+        plant_stale_hold(secret_key, token)
         db.session.execute(db.update(Replay).values(created_at=Replay.created_at - REPLAY_TTL))
         db.session.commit()
         done = sweep.sweep()
@@ -142,7 +128,7 @@ def test_the_sweep_releases_many_holds_in_batches_each_once(
     with app.app_context():
         for token, holds in zip(tokens, holds_per_grant, strict=True):
             for _ in range(holds):
-                _plant_stale_hold(secret_key, token)
+                plant_stale_hold(secret_key, token)
         assert grants.release_stale() == sum(holds_per_grant)
         assert db.session.execute(select(Grant.reserved, Grant.held_pusd)).all() == [(0, 0)] * 3
         statuses = db.session.scalars(select(Usage.status)).all()
