@@ -344,6 +344,29 @@ def same_columns(target: Target, ref: str) -> None:
         )
 
 
+def module_at(ref: str, path: str, name: str) -> Any:
+    """The module at `path` as it was at commit `ref` (`git show` into a temporary file),
+    importable beside the current one under `name`; its relative imports are made
+    absolute, so they reach the current package."""
+    import importlib.util
+
+    source = subprocess.run(
+        ["git", "-C", str(ROOT), "show", f"{ref}:{path}"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    package = path.removesuffix(".py").rsplit("/", 1)[0].replace("/", ".")
+    source = re.sub(r"^from \.", f"from {package}.", source, flags=re.MULTILINE)
+    file = Path(tempfile.mkdtemp(prefix="wattfare-bench-")) / f"{name}.py"
+    file.write_text(source)
+    spec = importlib.util.spec_from_file_location(name, file)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def sqlite_url(workdir: Path, name: str = "bench.db") -> str:
     return f"sqlite:///{workdir / name}"
 

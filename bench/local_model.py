@@ -20,11 +20,8 @@ libxml2 reads: the new reader falls back to the text).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import re
-import subprocess
 import sys
-import tempfile
 import timeit
 from collections.abc import Callable
 from pathlib import Path
@@ -34,7 +31,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.harness import METERED_BODY  # noqa: E402
+from bench.harness import METERED_BODY, module_at  # noqa: E402
 from wattfare_demo.engine.providers import local, local_html  # noqa: E402
 from wattfare_demo.engine.providers.base import ChatRequest  # noqa: E402
 
@@ -67,20 +64,7 @@ def report(size: int) -> str:
 
 def baseline_module(ref: str) -> ModuleType:
     """The HTML reader at `ref`, importable beside the current one."""
-    source = subprocess.run(
-        ["git", "-C", str(ROOT), "show", f"{ref}:{HTML_PATH}"],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    package = "wattfare_demo.engine.providers"
-    source = source.replace("from .local_markdown", f"from {package}.local_markdown")
-    path = Path(tempfile.mkdtemp(prefix="local_model_")) / "old_local_html.py"
-    path.write_text(source)
-    spec = importlib.util.spec_from_file_location("old_local_html", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module: ModuleType = module_at(ref, HTML_PATH, "old_local_html")
     return module
 
 

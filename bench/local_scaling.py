@@ -18,10 +18,7 @@ minute there).
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +27,7 @@ from types import ModuleType
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.harness import module_at  # noqa: E402
 from wattfare_demo.engine.providers import local, local_markdown  # noqa: E402
 
 BASELINE_REF = "88aea06"
@@ -52,18 +50,7 @@ SHAPES: dict[str, Callable[[int], str]] = {
 
 def baseline_tidier(ref: str) -> ModuleType:
     """The Markdown tidier at `ref`, importable beside the current one."""
-    source = subprocess.run(
-        ["git", "-C", str(ROOT), "show", f"{ref}:{TIDIER_PATH}"],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    path = Path(tempfile.mkdtemp(prefix="local_scaling_")) / "old_local_markdown.py"
-    path.write_text(source)
-    spec = importlib.util.spec_from_file_location("old_local_markdown", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module: ModuleType = module_at(ref, TIDIER_PATH, "old_local_markdown")
     return module
 
 
