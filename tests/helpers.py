@@ -74,7 +74,7 @@ def race_each(url: str, each: list[dict[str, str]], body: dict) -> list[tuple[in
         return list(pool.map(one, enumerate(each)))
 
 
-def plant_stale_hold(secret_key: str, token: str) -> None:
+def plant_stale_hold(secret_key: str, token: str, max_tokens: int = 10) -> None:
     """A worker that reserved a call on `token` and died: its hold is stale at once.
     Runs in the caller's app context."""
     from wattfare_demo.engine import grants
@@ -86,6 +86,6 @@ def plant_stale_hold(secret_key: str, token: str) -> None:
         model="local/markdown",
         price=DEFAULT_PRICES["local/markdown"],
         prompt_tokens=10,
-        max_tokens=10,
+        max_tokens=max_tokens,
         hold_ttl=-1,
     )

@@ -7,7 +7,7 @@ import json
 import pytest
 from sqlalchemy import select, update
 
-from tests.helpers import chat_body
+from tests.helpers import chat_body, plant_stale_hold
 from wattfare_demo.engine.models import Grant, Usage
 from wattfare_demo.extensions import db
 
@@ -237,21 +237,10 @@ def test_stream_reaching_the_cap_ends_with_an_error_event(client, make_grant, ap
 
 
 def test_stale_hold_is_released(app, client, make_grant, api_headers):
-    from wattfare_demo.engine import grants
-    from wattfare_demo.engine.pricing import DEFAULT_PRICES
-
     grant = make_grant(1, max_usd=0.01)
     with app.app_context():
         # A worker reserved and then died: its hold is never settled.
-        grants.reserve(
-            app.config["WATTFARE_PUBLISHABLE_KEY"].split("_")[2],
-            grant,
-            model="local/markdown",
-            price=DEFAULT_PRICES["local/markdown"],
-            prompt_tokens=10,
-            max_tokens=100,
-            hold_ttl=-1,
-        )
+        plant_stale_hold(app.config["WATTFARE_SECRET_KEY"], grant, max_tokens=100)
     response = chat(client, api_headers(grant))  # refused, sweeps the stale hold, retries
     assert response.status_code == 200
     with app.app_context():
