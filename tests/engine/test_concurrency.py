@@ -69,6 +69,11 @@ def test_fifty_threads_race_a_dollar_cap(app, client, live_server, make_grant, a
 # gunicorn's own access log, which the Procfile's config leaves off: the pid of the
 # worker that served each request, its status and path.
 ACCESS_LOG = "--access-logfile - --access-logformat 'served-by=%(p)s %(s)s %(U)s'"
+# A gthread worker accepts every connection it is woken for, so a worker that wins the
+# first wake-up can take a whole 50-call race while the other three sleep (it did, once,
+# in CI). Capped at 10 connections each, no worker can hold more than a fifth of a race
+# at once: the rest wait in the listen backlog, where the idle workers take them.
+SPREAD = "--worker-connections 10"
 
 
 @pytest.fixture
@@ -82,7 +87,7 @@ def gunicorn_workers(app, app_config, tmp_path) -> Iterator[WebProcess]:
             "WATTFARE_PUBLISHABLE_KEY": app_config["WATTFARE_PUBLISHABLE_KEY"],
             "WATTFARE_SECRET_KEY": app_config["WATTFARE_SECRET_KEY"],
             "WATTFARE_ALLOWED_ORIGINS": ",".join(app_config["WATTFARE_ALLOWED_ORIGINS"]),
-            "GUNICORN_CMD_ARGS": ACCESS_LOG,
+            "GUNICORN_CMD_ARGS": f"{ACCESS_LOG} {SPREAD}",
         }
     )
     with WebProcess(env, tmp_path, workers=4) as web:
