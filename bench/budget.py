@@ -4,8 +4,8 @@ Used by `bench/profile_call.py --budget`. Each call is one WSGI call of the real
 (the environ is built before the clock starts, the response body is read to the end),
 with probes around:
 
-- the engine's steps as api.py calls them (`PROBES`: authentication, JSON parsing,
-  validation, the Idempotency-Key check, the model route, the prompt-token count,
+- the engine's steps as api.py and metering.py call them (`PROBES`: authentication,
+  JSON parsing, validation, the retry check, the model route, the prompt-token count,
   reserve, the provider, the response body, settle, the balance headers);
 - every before-request, after-request and teardown function the app registered, and
   the view function itself (so Flask's and Werkzeug's own work is what is left over);
@@ -49,10 +49,10 @@ PROBES: list[tuple[str, str, str]] = [
     ("wattfare_demo.engine.api", "json_body", "JSON parse of the body"),
     ("wattfare_demo.engine.api", "parse_chat_request", "validation of the chat request"),
     ("wattfare_demo.engine.idempotency", "from_request", "Idempotency-Key check"),
-    ("wattfare_demo.engine.idempotency", "Idempotency.replay", "idempotency replay lookup"),
-    ("wattfare_demo.engine.idempotency", "Idempotency.stored", "idempotency: stored answer"),
-    ("wattfare_demo.engine.idempotency", "Idempotency.remember", "idempotency: remember"),
+    ("wattfare_demo.engine.idempotency", "fingerprint", "retry: the request's fingerprint"),
+    ("wattfare_demo.engine.metering", "run", "metering: the call's lifecycle"),
     ("wattfare_demo.engine.providers", "ProviderRegistry.route", "model route and price"),
+    ("wattfare_demo.engine.idempotency", "Retry.earlier_answer", "retry: an earlier answer?"),
     (
         "wattfare_demo.engine.providers.local",
         "LocalMarkdownProvider.prompt_tokens_upper_bound",
@@ -60,11 +60,16 @@ PROBES: list[tuple[str, str, str]] = [
     ),
     ("wattfare_demo.engine.grants", "reserve", "reserve"),
     ("wattfare_demo.engine.providers.local", "LocalMarkdownProvider.complete", "provider"),
-    ("wattfare_demo.engine.api", "_completion_body", "response: the completion object"),
-    ("wattfare_demo.engine.api", "jsonify", "response: jsonify"),
+    (
+        "wattfare_demo.engine.chat_completions",
+        "ChatCompletionsRenderer.body",
+        "response: the completion object",
+    ),
+    ("wattfare_demo.engine.metering", "caller_gone", "response: is the caller still there?"),
+    ("wattfare_demo.engine.idempotency", "Retry.wants_answer", "retry: keep the answer?"),
     ("wattfare_demo.engine.grants", "settle", "settle"),
     ("wattfare_demo.engine.grants", "release", "release"),
-    ("wattfare_demo.engine.api", "balance_headers", "balance headers"),
+    ("wattfare_demo.engine.metering", "balance_headers", "balance headers"),
     ("wattfare_demo.request_log", "_emit", "request log: format and write the line"),
     ("sqlalchemy.orm", "Session.commit", "session.commit()"),
     # The accounting's own transactions (engine/driver.py): a pooled connection, the
@@ -246,23 +251,27 @@ def instrument(app: Flask) -> Instrumentation:
         original = getattr(dialect, name)
         setattr(dialect, name, _timed(recorder, label, original))
         undo.append(functools.partial(setattr, dialect, name, original))
-    # psycopg waits for the server once per round trip (a statement, a BEGIN, a COMMIT,
-    # a ROLLBACK, a ping): counted, not timed (the statements and commits are).
+    # PostgreSQL round trips: each statement a cursor sends, and each BEGIN, COMMIT and
+    # ROLLBACK the connection sends on its own (psycopg's _exec_command; a ROLLBACK with
+    # nothing open sends nothing). Counted, not timed (the statements and commits are).
+    # psycopg's waits are no count of them: BEGIN shares its statement's wait, and a
+    # wait may send nothing (an autocommit switch, a ROLLBACK of nothing).
     try:
         import psycopg
+        from psycopg._connection_base import BaseConnection
     except ImportError:
         psycopg = None
-    if psycopg is not None and "wait" in vars(psycopg.Connection):
-        original_wait = vars(psycopg.Connection)["wait"]
+    if psycopg is not None:
+        for owner, name in ((psycopg.Cursor, "execute"), (BaseConnection, "_exec_command")):
+            original_send = vars(owner)[name]
 
-        @functools.wraps(original_wait)
-        def counted_wait(*args: Any, **kwargs: Any) -> Any:
-            if recorder.active:
-                recorder.round_trips += 1
-            return original_wait(*args, **kwargs)
+            def counted(*args: Any, _original: Any = original_send, **kwargs: Any) -> Any:
+                if recorder.active:
+                    recorder.round_trips += 1
+                return _original(*args, **kwargs)
 
-        psycopg.Connection.wait = counted_wait
-        undo.append(functools.partial(setattr, psycopg.Connection, "wait", original_wait))
+            setattr(owner, name, functools.wraps(original_send)(counted))
+            undo.append(functools.partial(setattr, owner, name, original_send))
     return Instrumentation(recorder, missing, undo)
 
 

@@ -193,7 +193,8 @@ def budget(caller: Caller, calls: int, label: str, blocks: int = 10) -> list[str
     ]
     if any(result.round_trips):
         trips = statistics.median(result.round_trips)
-        lines.append(f"- round trips to PostgreSQL per call (psycopg's waits): {trips:g}")
+        sent = "statements, BEGIN, COMMIT, ROLLBACK sent"
+        lines.append(f"- round trips to PostgreSQL per call ({sent}): {trips:g}")
     for kind, us in flat_totals(result).items():
         lines.append(f"- {kind}, all of them: {us:,.0f} µs a call (mean)")
     if missing:
