@@ -1,7 +1,7 @@
 """The accounting's statements on the driver's own cursor (engine/driver.py): what a
 `Statement` returns, the errors it raises, and the transactions of the engine's own:
-committed, rolled back, joined to the session's when it has work open, and seen by
-SQLAlchemy's cursor events."""
+committed, rolled back, joined to the session's when it has work open, one statement
+sent alone, and seen by SQLAlchemy's cursor events."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 from flask import Flask
-from sqlalchemy import Integer, String, bindparam, column, event, select, table, text
+from sqlalchemy import Integer, String, bindparam, column, event, func, select, table, text
 from sqlalchemy.exc import IntegrityError
 
 from wattfare_demo.engine import driver
@@ -24,6 +24,8 @@ _ADD = Statement(
 )
 _ALL = Statement(select(_notes.c.id, _notes.c.body).order_by(_notes.c.id))
 _TOUCH = Statement(_notes.update().values(body=bindparam("p_body", type_=String)))
+# PostgreSQL: whether the statement began its own transaction (no BEGIN sent before it).
+_ALONE = Statement(select((func.now() == func.statement_timestamp()).label("alone")))
 
 
 @pytest.fixture
@@ -94,6 +96,29 @@ def test_blocks_do_not_nest(notes: None) -> None:
         driver.transaction(),
     ):
         pass
+
+
+def test_one_statement_alone_is_committed_by_itself(notes: None) -> None:
+    with driver.alone():
+        _ADD.run(p_id=1, p_body="one")
+    assert _stored() == [(1, "one")]
+    with pytest.raises(IntegrityError), driver.alone():
+        _ADD.run(p_id=1, p_body="again")  # the primary key is taken: nothing changes
+    assert _stored() == [(1, "one")]
+    db.session.rollback()  # nothing of the session's open: the blocks are the driver's
+    with pytest.raises(RuntimeError, match="does not nest"), driver.transaction(), driver.alone():
+        pass
+
+
+def test_on_postgresql_a_statement_alone_is_one_round_trip(app: Flask, notes: None) -> None:
+    # The statement's own transaction began with it, so no BEGIN went before it (nor a
+    # COMMIT after: the server committed it before answering, as the test above reads).
+    if db.engine.dialect.name != "postgresql":
+        pytest.skip("SQLite has no round trips: alone() is a transaction()")
+    with driver.alone():
+        assert _ALONE.run().scalar() is True
+    with driver.transaction():
+        assert _ALONE.run().scalar() is False  # psycopg sent BEGIN first
 
 
 def test_with_session_work_open_the_block_joins_the_session(notes: None) -> None:

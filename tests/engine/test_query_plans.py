@@ -6,7 +6,8 @@ retry records, ANALYZEd as autovacuum would), EXPLAINed as the real code sends t
 
 - settle's claim of its ledger row goes by the primary key. PostgreSQL preferred the
   partial index of pending holds, which looks empty to its planner, and read every
-  entry the calls settled since the last vacuum left in it (models.PENDING_HOLD);
+  entry the calls settled since the last vacuum left in it (models.PENDING_HOLD); on
+  PostgreSQL the same statement moves a budgeted app's hold, on an index of app_spend;
 - the stale-hold sweep goes through that partial index, bounded by the expiry (the
   database clock must be stable within a statement for that: clock.py);
 - the sweep deletes old retry records by ix_replays_created_at;
@@ -16,6 +17,7 @@ retry records, ANALYZEd as autovacuum would), EXPLAINed as the real code sends t
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -25,6 +27,7 @@ from sqlalchemy import event, text
 
 from tests.helpers import chat_body, plant_stale_hold
 from wattfare_demo.engine import grants, sweep
+from wattfare_demo.engine.apps import app_for_secret_key, set_daily_budget
 from wattfare_demo.extensions import db
 
 HISTORY = 5000  # settled calls already in the ledger
@@ -71,7 +74,8 @@ def _one(sent: list[tuple[str, Any]], matches: Callable[[str], bool]) -> tuple[s
 
 
 def _with_history(app: Flask, token: str) -> None:
-    """HISTORY settled calls on the grant's app and their retry records, then ANALYZE."""
+    """HISTORY settled calls on the grant's app, their retry records and hours of
+    spending, then ANALYZE."""
     with app.app_context():
         grant_id, app_id = db.session.execute(
             text("SELECT id, app_id FROM grants ORDER BY id DESC LIMIT 1")
@@ -94,6 +98,13 @@ def _with_history(app: Flask, token: str) -> None:
             ).bindparams(a=app_id, now=now),
             numbers,
         )
+        db.session.execute(  # hours of spending, long past, as a budgeted app leaves
+            text(
+                "INSERT INTO app_spend (app_id, hour, spent_pusd, held_pusd) "
+                "VALUES (:a, :hour - 100000 + :n, 1, 0)"
+            ).bindparams(a=app_id, hour=now // 3600),
+            numbers,
+        )
         db.session.commit()
         db.session.execute(text("ANALYZE"))
         db.session.commit()
@@ -105,6 +116,9 @@ def test_settle_claims_by_primary_key_and_the_sweep_by_its_indexes(
 ):
     token = make_grant(5)
     _with_history(app, token)
+    with app.app_context():  # a budget no call reaches: the budget's statements run too
+        set_daily_budget(app_for_secret_key(secret_key), 10**6 * 10**12)
+        db.session.remove()
     with _sent(app) as sent:
         answer = client.post(
             "/api/v1/chat/completions", headers=api_headers(token), json=chat_body()
@@ -125,6 +139,9 @@ def test_settle_claims_by_primary_key_and_the_sweep_by_its_indexes(
     claim = _plan(app, *_one(sent, lambda sql: "usage.id =" in sql and "prompt_tokens=" in sql))
     assert "pending_hold" not in claim, claim
     assert "pk_usage" in claim or "INTEGER PRIMARY KEY" in claim, claim
+    if "Index Cond" in claim:  # PostgreSQL: the same statement moves the budget's hold,
+        # on an index (the key, or the hour's when that is as selective, as here)
+        assert re.search(r"Index Scan using \w+ on app_spend", claim), claim
 
     stale = _plan(app, *_one(sent, lambda sql: "SET status" in sql and "IS NOT NULL" in sql))
     assert "ix_usage_pending_hold" in stale, stale

@@ -232,17 +232,45 @@ def transaction() -> Iterator[Transaction | _SessionTransaction]:
 def read() -> Iterator[None]:
     """Reads that need no transaction (the retry lookup, an app by its key): on a pooled
     connection of their own, each statement on its own; on PostgreSQL in autocommit,
-    one round trip each with no BEGIN or COMMIT around it. Writes do not belong here."""
-    if _current.get() is not None or db.session().in_transaction():
-        yield  # join what is open
+    one round trip each with no BEGIN or COMMIT around it. Writes belong in
+    `transaction()`, or `alone()` for one statement that is a transaction by itself."""
+    with _autocommit(writes=False):
+        yield
+
+
+@contextmanager
+def alone() -> Iterator[None]:
+    """ONE writing statement that is a transaction by itself (a settlement): on
+    PostgreSQL sent in autocommit, where the server commits it, as durably as a COMMIT,
+    before it answers; one round trip instead of three (BEGIN, the statement, COMMIT).
+    A statement is atomic on its own, so nothing else is needed. A block with a second
+    statement belongs in `transaction()`: each would commit on its own here.
+
+    Elsewhere (SQLite, with the session's work open, with SQL logging on) it is a
+    `transaction()`, and like one it does not nest in another block."""
+    with _autocommit(writes=True):
+        yield
+
+
+@contextmanager
+def _autocommit(*, writes: bool) -> Iterator[None]:
+    if writes and _current.get() is not None:
+        raise RuntimeError("driver.alone() does not nest in another block")
+    if _current.get() is not None or (not writes and db.session().in_transaction()):
+        yield  # reads join what is open
         return
     engine = db.session.get_bind()
     assert isinstance(engine, Engine)
-    if engine.logger.isEnabledFor(logging.INFO):
+    postgresql = engine.dialect.name == "postgresql"
+    logged = engine.logger.isEnabledFor(logging.INFO)
+    if writes and (not postgresql or logged or db.session().in_transaction()):
+        with transaction():
+            yield
+        return
+    if logged:
         yield  # the session's, which logs
         return
     own = Transaction(engine)
-    postgresql = engine.dialect.name == "postgresql"
     if postgresql:
         own.dbapi_connection.autocommit = True
     token = _current.set(own)
@@ -324,4 +352,4 @@ class _Compiled:
         return Result([make(row) for row in rows], cursor.rowcount)
 
 
-__all__ = ["Result", "Statement", "Transaction", "read", "transaction"]
+__all__ = ["Result", "Statement", "Transaction", "alone", "read", "transaction"]

@@ -82,6 +82,7 @@ class GrantBalance:
 class Reservation:
     usage_id: int
     grant_id: int
+    app_id: str
     hold_pusd: int
     max_tokens: int  # what the provider may generate: the request's, clamped to the cap
     balance: GrantBalance  # as it will be if this call succeeds and spends its whole hold
@@ -329,14 +330,25 @@ _charge = (
 _CHARGE = Statement(_charge)
 # PostgreSQL: the settlement in ONE statement. The ledger row is claimed first (pending →
 # ok), and the grant is charged only if that claim returned its row (EXISTS on the
-# claim's RETURNING): a hold the sweeper released meanwhile charges nothing. No row back:
-# not claimed.
+# claim's RETURNING): a hold the sweeper released meanwhile charges nothing. The hold
+# moves to the day's spending of a budgeted app in the same statement, by app_spend's
+# key (the reservation's app and hour; an app without a budget has no hour: no row).
+# PostgreSQL runs every data-modifying CTE to completion, read or not, in an order of its
+# choosing: the budget's UPDATE waits for the charge's RETURNING (EXISTS), so the rows are
+# locked in the order every transaction takes them (the ledger row, the grant, the
+# budget hour) and two calls cannot deadlock. Being one statement, it is atomic by
+# itself: settle() sends it alone, in autocommit, when nothing else joins the charge
+# (driver.alone). No row back: not claimed.
 _claimed = _claim_settle.cte("claimed")
 _charged = _charge.where(exists(select(_claimed.c.id))).cte("charged")
+_spent = (
+    _spend.update()
+    .where(_spend.c.app_id == _app_id, _spend.c.hour == _budget_hour, exists(select(_charged.c.id)))
+    .values(spent_pusd=_spend.c.spent_pusd + _cost, held_pusd=_spend.c.held_pusd - _hold)
+    .cte("spent")
+)
 _SETTLE_AND_CHARGE = Statement(
-    select(_claimed.c.app_id, _claimed.c.budget_hour, *_charged.c).select_from(
-        _claimed.join(_charged, true())
-    )
+    select(*_charged.c).select_from(_claimed.join(_charged, true())).add_cte(_spent)
 )
 _RELEASE_CLAIM = Statement(
     _usage.update()
@@ -488,7 +500,15 @@ def reserve(
                     if on_reserved is not None:
                         on_reserved(usage_id)
                     phase.commit()
-                    return Reservation(usage_id, row.id, hold, tokens, _balance(row), budget_hour)
+                    return Reservation(
+                        usage_id=usage_id,
+                        grant_id=row.id,
+                        app_id=app_id,
+                        hold_pusd=hold,
+                        max_tokens=tokens,
+                        balance=_balance(row),
+                        budget_hour=budget_hour,
+                    )
         if over_budget:
             # Holds of calls that died mid-call count against the budget until they are
             # released: release them now rather than refuse for them. All stale holds,
@@ -578,28 +598,38 @@ def settle(
         "p_duration_ms": duration_ms,
     }
     charging = {"p_grant_id": reservation.grant_id, "p_hold": reservation.hold_pusd}
-    row: Any
-    with driver.transaction() as phase:
-        if _on_postgresql():
-            claimed = row = _SETTLE_AND_CHARGE.run(**settling, **charging).one_or_none()
-        else:
+    if _on_postgresql():
+        # One statement claims, charges and moves the budget. With nothing else in the
+        # charge's transaction it is sent alone, in autocommit: one round trip.
+        with driver.alone() if on_settled is None else driver.transaction():
+            row = _SETTLE_AND_CHARGE.run(
+                p_app_id=reservation.app_id,
+                p_budget_hour=reservation.budget_hour,
+                **settling,
+                **charging,
+            ).one_or_none()
+            if row is not None:
+                balance = _balance(row)
+                if on_settled is not None:
+                    on_settled(balance)
+                return balance
+    else:
+        with driver.transaction() as phase:
             claimed = _CLAIM_SETTLE.run(**settling).one_or_none()
-            row = None
-        if claimed is not None:
-            if row is None:
+            if claimed is not None:
                 row = _CHARGE.run(p_cost=cost, **charging).one()
-            if claimed.budget_hour is not None:
-                _SPEND_TO_BUDGET.run(
-                    p_app_id=claimed.app_id,
-                    p_budget_hour=claimed.budget_hour,
-                    p_hold=reservation.hold_pusd,
-                    p_cost=cost,
-                )
-            balance = _balance(row)
-            if on_settled is not None:
-                on_settled(balance)
-            return balance
-        phase.rollback()
+                if claimed.budget_hour is not None:
+                    _SPEND_TO_BUDGET.run(
+                        p_app_id=claimed.app_id,
+                        p_budget_hour=claimed.budget_hour,
+                        p_hold=reservation.hold_pusd,
+                        p_cost=cost,
+                    )
+                balance = _balance(row)
+                if on_settled is not None:
+                    on_settled(balance)
+                return balance
+            phase.rollback()
     # The sweeper released this hold (the call outlived WATTFARE_HOLD_TTL): the request
     # and the money went back to the grant, so nothing is charged now.
     log.warning("usage %s settled after its hold expired; not charged", reservation.usage_id)

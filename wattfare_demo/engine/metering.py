@@ -316,15 +316,11 @@ class _Lifecycle:
         wanted = self.call.retry.wants_answer(
             delivered=delivered, seconds=time.perf_counter() - self.started
         )
-        headers: dict[str, str] = {}
 
         def keep(balance: grants.GrantBalance) -> None:
-            headers.update(balance_headers(balance))
-            if not wanted:
-                return
             self.call.retry.keep(
                 status=200,
-                headers=headers,
+                headers=balance_headers(balance),
                 body=body,
                 mimetype="application/json",
                 delivered=delivered,
@@ -335,12 +331,14 @@ class _Lifecycle:
             completion.prompt_tokens,
             completion.completion_tokens,
             error="client_gone" if not delivered else ("cut_at_cap" if cut else None),
-            on_settled=keep,
+            # Only an answer worth keeping joins the charge's transaction: without it the
+            # settlement is one statement, sent alone on PostgreSQL (grants.settle).
+            on_settled=keep if wanted else None,
         )
         _outcome("settled")
-        if not headers:  # settled after the sweeper had released the hold: not charged
-            headers = balance_headers(balance)
-        return Response(body, mimetype="application/json", headers=headers)
+        # The balance after the charge, as kept with the answer (or, settled after the
+        # sweeper had released the hold, the grant's balance: nothing was charged).
+        return Response(body, mimetype="application/json", headers=balance_headers(balance))
 
     # --- streamed ---------------------------------------------------------------------
 
