@@ -36,7 +36,7 @@ from __future__ import annotations
 import logging
 from collections import namedtuple
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from contextvars import ContextVar
 from typing import Any
 
@@ -46,6 +46,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import ClauseElement
 
 from ..extensions import db
+from . import sqlite_writers
 
 
 class Statement:
@@ -212,20 +213,24 @@ def transaction() -> Iterator[Transaction | _SessionTransaction]:
             raise
         joined.commit()
         return
-    own = Transaction(engine)
-    token = _current.set(own)
-    try:
+    # SQLite: the block waits its turn among the writers of the file first, queued
+    # rather than sleeping in SQLite's busy handler (sqlite_writers.py).
+    sqlite = engine.dialect.name == "sqlite"
+    with sqlite_writers.turn(engine.url.database) if sqlite else nullcontext():
+        own = Transaction(engine)
+        token = _current.set(own)
         try:
-            yield own
-        except BaseException:
-            own.rollback()
-            raise
-        own.commit()
-    finally:
-        _current.reset(token)
-        if not own.ended:  # the COMMIT itself failed: make sure nothing stays open
-            own.rollback()
-        own.close()
+            try:
+                yield own
+            except BaseException:
+                own.rollback()
+                raise
+            own.commit()
+        finally:
+            _current.reset(token)
+            if not own.ended:  # the COMMIT itself failed: make sure nothing stays open
+                own.rollback()
+            own.close()
 
 
 @contextmanager
