@@ -23,11 +23,15 @@ descriptor of it drops every POSIX lock SQLite holds on it in that process.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+try:
+    import fcntl
+except ImportError:  # Windows: processes then meet at SQLite's own lock only
+    fcntl = None  # type: ignore[assignment]
 
 
 class _Turns:
@@ -77,6 +81,9 @@ def turn(database: str | None) -> Iterator[None]:
         if queue is None:
             queue = _queues[database] = _Turns(database)
     with queue.threads:
+        if fcntl is None:
+            yield
+            return
         fd = queue.file()
         fcntl.flock(fd, fcntl.LOCK_EX)  # blocks without the GIL until the turn is free
         try:
