@@ -7,6 +7,7 @@ from __future__ import annotations
 import multiprocessing
 import threading
 import time
+from multiprocessing.synchronize import Event
 from pathlib import Path
 
 from wattfare_demo.engine import sqlite_writers
@@ -40,10 +41,10 @@ def test_threads_take_turns(tmp_path: Path) -> None:
     assert Path(f"{database}-writers").exists()
 
 
-def _take_turn(database: str, waiting: object, got: object) -> None:
-    waiting.set()  # type: ignore[attr-defined]
+def _take_turn(database: str, waiting: Event, got: Event) -> None:
+    waiting.set()
     with sqlite_writers.turn(database):
-        got.set()  # type: ignore[attr-defined]
+        got.set()
 
 
 def test_a_forked_worker_waits_for_the_parents_turn(tmp_path: Path) -> None:
