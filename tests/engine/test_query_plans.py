@@ -23,11 +23,12 @@ from contextlib import contextmanager
 from typing import Any
 
 from flask import Flask
-from sqlalchemy import event, text
+from sqlalchemy import event, select, text
 
 from tests.helpers import chat_body, plant_stale_hold
-from wattfare_demo.engine import grants, sweep
+from wattfare_demo.engine import sweep
 from wattfare_demo.engine.apps import app_for_secret_key, set_daily_budget
+from wattfare_demo.engine.clock import db_now
 from wattfare_demo.extensions import db
 
 HISTORY = 5000  # settled calls already in the ledger
@@ -80,7 +81,7 @@ def _with_history(app: Flask, token: str) -> None:
         grant_id, app_id = db.session.execute(
             text("SELECT id, app_id FROM grants ORDER BY id DESC LIMIT 1")
         ).one()
-        now = grants._db_clock()
+        now = int(db.session.scalar(select(db_now())))  # the database's clock
         numbers = [{"n": n} for n in range(HISTORY)]
         db.session.execute(
             text(
