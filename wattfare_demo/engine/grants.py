@@ -86,7 +86,9 @@ class Reservation:
     hold_pusd: int
     max_tokens: int  # what the provider may generate: the request's, clamped to the cap
     balance: GrantBalance  # as it will be if this call succeeds and spends its whole hold
-    budget_hour: int | None = None  # the AppSpend row holding it; None: no app budget
+    # The AppSpend row (app_id, budget_hour) holding it; None: no app budget. Settle and
+    # release move the hold by these, on both backends.
+    budget_hour: int | None = None
 
 
 @dataclass(frozen=True)
@@ -313,7 +315,7 @@ _claim_settle = (
         finished_at=db_now(),
         duration_ms=bindparam("p_duration_ms"),
     )
-    .returning(_usage.c.id, _usage.c.app_id, _usage.c.budget_hour)
+    .returning(_usage.c.id)
 )
 _CLAIM_SETTLE = Statement(_claim_settle)
 _charge = (
@@ -359,7 +361,7 @@ _RELEASE_CLAIM = Statement(
         finished_at=db_now(),
         duration_ms=bindparam("p_duration_ms"),
     )
-    .returning(_usage.c.app_id, _usage.c.budget_hour)
+    .returning(_usage.c.id)
 )
 _GIVE_BACK = Statement(
     _grants.update()
@@ -618,10 +620,10 @@ def settle(
             claimed = _CLAIM_SETTLE.run(**settling).one_or_none()
             if claimed is not None:
                 row = _CHARGE.run(p_cost=cost, **charging).one()
-                if claimed.budget_hour is not None:
+                if reservation.budget_hour is not None:
                     _SPEND_TO_BUDGET.run(
-                        p_app_id=claimed.app_id,
-                        p_budget_hour=claimed.budget_hour,
+                        p_app_id=reservation.app_id,
+                        p_budget_hour=reservation.budget_hour,
                         p_hold=reservation.hold_pusd,
                         p_cost=cost,
                     )
@@ -644,10 +646,10 @@ def release(reservation: Reservation, *, error: str, duration_ms: int) -> None:
         ).one_or_none()
         if claimed is not None:
             _GIVE_BACK.run(p_grant_id=reservation.grant_id, p_hold=reservation.hold_pusd)
-            if claimed.budget_hour is not None:
+            if reservation.budget_hour is not None:
                 _SPEND_TO_BUDGET.run(
-                    p_app_id=claimed.app_id,
-                    p_budget_hour=claimed.budget_hour,
+                    p_app_id=reservation.app_id,
+                    p_budget_hour=reservation.budget_hour,
                     p_hold=reservation.hold_pusd,
                     p_cost=0,
                 )
