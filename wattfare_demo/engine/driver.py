@@ -239,7 +239,15 @@ def read() -> Iterator[None]:
     connection of their own, each statement on its own; on PostgreSQL in autocommit,
     one round trip each with no BEGIN or COMMIT around it. Writes belong in
     `transaction()`, or `alone()` for one statement that is a transaction by itself."""
-    with _autocommit(writes=False):
+    if _current.get() is not None or db.session().in_transaction():
+        yield  # join what is open
+        return
+    engine = db.session.get_bind()
+    assert isinstance(engine, Engine)
+    if engine.logger.isEnabledFor(logging.INFO):
+        yield  # the session's, which logs
+        return
+    with _own_connection(engine):
         yield
 
 
@@ -253,29 +261,29 @@ def alone() -> Iterator[None]:
 
     Elsewhere (SQLite, with the session's work open, with SQL logging on) it is a
     `transaction()`, and like one it does not nest in another block."""
-    with _autocommit(writes=True):
+    if _current.get() is not None:
+        raise RuntimeError("driver.alone() does not nest in another block")
+    engine = db.session.get_bind()
+    assert isinstance(engine, Engine)
+    if (
+        engine.dialect.name != "postgresql"
+        or engine.logger.isEnabledFor(logging.INFO)
+        or db.session().in_transaction()
+    ):
+        with transaction():
+            yield
+        return
+    with _own_connection(engine):
         yield
 
 
 @contextmanager
-def _autocommit(*, writes: bool) -> Iterator[None]:
-    if writes and _current.get() is not None:
-        raise RuntimeError("driver.alone() does not nest in another block")
-    if _current.get() is not None or (not writes and db.session().in_transaction()):
-        yield  # reads join what is open
-        return
-    engine = db.session.get_bind()
-    assert isinstance(engine, Engine)
-    postgresql = engine.dialect.name == "postgresql"
-    logged = engine.logger.isEnabledFor(logging.INFO)
-    if writes and (not postgresql or logged or db.session().in_transaction()):
-        with transaction():
-            yield
-        return
-    if logged:
-        yield  # the session's, which logs
-        return
+def _own_connection(engine: Engine) -> Iterator[None]:
+    """The block's statements on a pooled connection of their own, each committed by
+    itself (PostgreSQL: autocommit; SQLite: only reads come here, and a SELECT opens
+    nothing to commit)."""
     own = Transaction(engine)
+    postgresql = engine.dialect.name == "postgresql"
     if postgresql:
         own.dbapi_connection.autocommit = True
     token = _current.set(own)
