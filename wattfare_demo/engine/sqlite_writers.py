@@ -54,8 +54,13 @@ _queues_guard = threading.Lock()
 
 def _forget_after_fork() -> None:
     # A forked worker must open its own file: a descriptor inherited from the parent is
-    # the same open file, and flock(2) would let parent and child in together.
+    # the same open file, and flock(2) would let parent and child in together. The
+    # inherited copies are closed (the parent's lock stays with the parent's), and the
+    # locks are new: one held at the fork would never be released in the child.
     global _queues_guard
+    for queue in _queues.values():
+        if queue.fd is not None:
+            os.close(queue.fd)
     _queues.clear()
     _queues_guard = threading.Lock()
 
@@ -63,16 +68,18 @@ def _forget_after_fork() -> None:
 os.register_at_fork(after_in_child=_forget_after_fork)
 
 
-def _in_memory(database: str | None) -> bool:
+def _no_path(database: str | None) -> bool:
+    # In memory (one process, nothing to share), or a `file:` URI, whose path is not
+    # plainly the name: those writers meet at SQLite's lock only, as before.
     return not database or database == ":memory:" or database.startswith("file:")
 
 
 @contextmanager
 def turn(database: str | None) -> Iterator[None]:
     """Wait for this process's and then the other processes' writers of the SQLite file
-    `database`, and hold the turn for the block. An in-memory database (one process,
-    nothing to share) takes none."""
-    if _in_memory(database):
+    `database`, and hold the turn for the block. A database without a plain path (in
+    memory, a `file:` URI) takes none."""
+    if _no_path(database):
         yield
         return
     assert database is not None
